@@ -97,7 +97,6 @@ def build_tiny_pipeline(
         beta_schedule="scaled_linear",
         steps_offset=1,
         clip_sample=False,
-        set_alpha_to_one=False,
     )
     return StableDiffusionPipeline(
         vae=vae,
