@@ -19,26 +19,29 @@ def byte_level_alphabet() -> list[str]:
     return [chr(c) for c in codes] + [chr(256 + i) for i in range(len(extra))]
 
 
-def build_tokenizer(words: tuple[str, ...] = ()):
-    """A CLIP tokenizer with a byte-level vocabulary plus whole-word tokens for `words`."""
+def build_tokenizer(words: tuple[str, ...] = (), model_max_length: int = 16):
+    """A CLIP tokenizer with a byte-level vocabulary plus whole-word tokens for `words`.
+
+    Prompts are padded/truncated to `model_max_length` tokens (start and end tokens included).
+    """
     from transformers import CLIPTokenizer
 
     symbols = byte_level_alphabet()
     vocab: dict[str, int] = {}
     for s in symbols + [s + "</w>" for s in symbols]:
         vocab.setdefault(s, len(vocab))
-    merges: list[str] = []
+    merges: list[tuple[str, str]] = []
     for word in words:
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         while len(pieces) > 1:  # left-to-right merges spell out the whole word
-            merges.append(f"{pieces[0]} {pieces[1]}")
+            merges.append((pieces[0], pieces[1]))  # transformers>=5 wants pairs, not "a b" strings
             merged = pieces[0] + pieces[1]
             vocab.setdefault(merged, len(vocab))
             pieces = [merged] + pieces[2:]
     for token in SPECIAL_TOKENS:
         vocab.setdefault(token, len(vocab))
     merges = list(dict.fromkeys(merges))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
 def build_tiny_pipeline(
@@ -115,3 +118,52 @@ def save_tiny_pipeline(folder: str | Path, seed: int = 0, image_size: int = 64) 
     folder = Path(folder)
     build_tiny_pipeline(seed=seed, image_size=image_size).save_pretrained(folder)
     return folder
+
+
+# Hue of named colours (degrees on the HSV wheel of sRGB) used by the tiny trained prior
+# (tests/data/tiny-prior, tools/train_tiny_prior.py) and the tests that check it.
+NAMED_HUES: dict[str, float] = {"red": 0.0, "yellow": 60.0, "green": 120.0, "blue": 240.0}
+
+
+def mean_color_hsv(images) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    """Hue (degrees, [0, 360)), saturation and value ([0, 1]) of the mean colour of each image.
+
+    `images`: sRGB in [0, 1], shape `(H, W, 3)` or `(B, H, W, 3)` (numpy array, PIL image or tensor).
+    Returns three float64 tensors of shape `()` or `(B,)`. The hue of a grey (saturation 0) is 0.
+    """
+    import numpy as np
+
+    rgb = images if torch.is_tensor(images) else torch.from_numpy(np.array(images))
+    if rgb.dtype == torch.uint8:
+        rgb = rgb.double() / 255.0
+    rgb = rgb.double()
+    if rgb.ndim not in (3, 4) or rgb.shape[-1] != 3:
+        raise ValueError(f"expected images of shape (H, W, 3) or (B, H, W, 3), got {tuple(rgb.shape)}")
+    mean = rgb.mean(dim=(-3, -2))
+    r, g, b = mean.unbind(-1)
+    v, _ = mean.max(-1)
+    c = v - mean.min(-1).values
+    safe = torch.where(c > 0, c, torch.ones_like(c))
+    h = torch.where(v == r, ((g - b) / safe) % 6, torch.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    h = torch.where(c > 0, h * 60.0, torch.zeros_like(h)) % 360.0
+    s = torch.where(v > 0, c / torch.where(v > 0, v, torch.ones_like(v)), torch.zeros_like(v))
+    return h, s, v
+
+
+def mean_hue_degrees(images) -> "torch.Tensor":
+    """Hue in degrees [0, 360) of the mean colour of each image; see `mean_color_hsv`."""
+    return mean_color_hsv(images)[0]
+
+
+def hue_distance(a, b) -> "torch.Tensor":
+    """Shortest angular distance in degrees (0..180) between hues `a` and `b` (broadcast)."""
+    d = (torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64)) % 360.0
+    return torch.minimum(d, 360.0 - d)
+
+
+def nearest_named_hue(hue) -> list[str]:
+    """Name in `NAMED_HUES` whose hue is nearest to each given hue (degrees)."""
+    hue = torch.as_tensor(hue, dtype=torch.float64).reshape(-1)
+    names = list(NAMED_HUES)
+    centres = torch.tensor([NAMED_HUES[n] for n in names], dtype=torch.float64)
+    return [names[i] for i in hue_distance(hue[:, None], centres[None, :]).argmin(-1).tolist()]
