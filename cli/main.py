@@ -1,5 +1,218 @@
-"""Placeholder entry point; replaced by the real CLI."""
+"""`csd-texture`: the command-line front end. It only parses arguments; csd_texture does the work."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from csd_texture.config import PRESETS, Config, Schedule, default_model, load_config, preset
+from csd_texture.errors import CSDTextureError
+from csd_texture.version import __version__
+
+log = logging.getLogger("csd_texture")
 
 
+class DefaultCommandGroup(click.Group):
+    """A group whose `texture` command runs when the first argument is not a subcommand, so
+    `csd-texture MESH PROMPT -o OUT` and `csd-texture doctor` both work."""
+
+    default_command = "texture"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+def setup_logging(quiet: bool, verbose: bool) -> None:
+    """Our logs on stderr; third-party chatter (diffusers/transformers bars and notices) silenced."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("csd_texture").setLevel(level)
+    try:
+        import diffusers
+        import transformers
+
+        for lib in (diffusers, transformers):
+            lib.utils.logging.set_verbosity_error()
+            lib.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def run_safely(verbose: bool, action: Callable[[], int | None]) -> None:
+    """Run `action`; turn our errors into one line on stderr and the right exit code."""
+    try:
+        code = action() or 0
+    except CSDTextureError as exc:
+        if verbose:
+            log.exception("failed")
+        click.echo(f"error: {exc}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
+        if verbose:
+            log.exception("unexpected failure")
+        click.echo(f"error: unexpected failure: {type(exc).__name__}: {exc} (run with --verbose for details)",
+                   err=True)
+        code = 1
+    sys.exit(code)
+
+
+def common_options(func: Callable) -> Callable:
+    """--quiet/--verbose shared by every command."""
+    func = click.option("--verbose", is_flag=True, help="Debug logs and full tracebacks on errors.")(func)
+    return click.option("--quiet", "-q", is_flag=True, help="No progress bars; warnings and errors only.")(func)
+
+
+def settings_options(func: Callable) -> Callable:
+    """The options that map onto Config fields (shared by texture and batch)."""
+    options = [
+        click.option("--model", help=f"Diffusers Stable Diffusion repo id or local folder "
+                     f"[default: $CSD_TEXTURE_MODEL or {default_model()}]."),
+        click.option("--model-revision", help="Pin a hub revision (branch, tag or commit) of --model."),
+        click.option("--preset", type=click.Choice(list(PRESETS)), default="balanced", show_default=True,
+                     help="Steps, sizes and schedules chosen together."),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Settings from a YAML or JSON file (options given here override it)."),
+        click.option("--steps", type=click.IntRange(min=0), help="Optimisation steps."),
+        click.option("--texture-size", type=click.IntRange(min=8), help="Square UV texture size [default: 1024]."),
+        click.option("--render-size", type=click.IntRange(min=8), help="Rendered view size [default: 512]."),
+        click.option("--views-per-step", type=click.IntRange(min=1), help="Views rendered per step."),
+        click.option("--seed", type=int, help="Random seed; the same seed, inputs and device give the same output."),
+        click.option("--negative-prompt", help="What to keep out of the texture (annealed CSD negative prompt)."),
+        click.option("--guidance", type=click.Choice(["csd", "sds"]), help="Guidance: CSD (default) or SDS."),
+        click.option("--guidance-scale", type=float, help="Weight of the classifier score (s_cond) [default: 1]."),
+        click.option("--negative-weight", help="Negative prompt weight START,END over the run [default: 1,0.5]."),
+        click.option("--learning-rate", type=float, help="Adam learning rate."),
+        click.option("--texture", "texture_kind", type=click.Choice(["image", "field"]),
+                     help="Learnable texture: UV image pyramid (default) or neural field."),
+        click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]."),
+        click.option("--renderer", type=click.Choice(["auto", "torch", "nvdiffrast"]),
+                     help="Rasterizer backend [default: auto: nvdiffrast on CUDA, else torch]."),
+        click.option("--keep-uv", is_flag=True, default=None, help="Use the mesh's own UVs when valid instead of xatlas."),
+        click.option("--up-axis", type=click.Choice(["x", "y", "z", "-x", "-y", "-z"]),
+                     help="Which way is up for view-dependent prompts [default: from the format]."),
+        click.option("--map-bits", type=click.Choice(["8", "16"]), help="Bit depth of --save-maps PNGs."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def build_config(config_file: Path | None, preset_name: str, options: dict[str, Any]) -> Config:
+    """Preset, then config file, then command-line options."""
+    config = load_config(config_file) if config_file else preset(preset_name)
+    if config_file and preset_name != "balanced":
+        config = config.updated(**PRESETS[preset_name])
+    changes = {
+        "prompt": options.get("prompt"),
+        "negative_prompt": options.get("negative_prompt"),
+        "model": options.get("model"),
+        "model_revision": options.get("model_revision"),
+        "steps": options.get("steps"),
+        "texture_size": options.get("texture_size"),
+        "render_size": options.get("render_size"),
+        "views_per_step": options.get("views_per_step"),
+        "seed": options.get("seed"),
+        "guidance": options.get("guidance"),
+        "guidance_scale": options.get("guidance_scale"),
+        "learning_rate": options.get("learning_rate"),
+        "texture": options.get("texture_kind"),
+        "device": options.get("device"),
+        "renderer": options.get("renderer"),
+        "keep_uv": options.get("keep_uv"),
+        "up_axis": options.get("up_axis"),
+        "map_bits": int(options["map_bits"]) if options.get("map_bits") else None,
+    }
+    if options.get("negative_weight"):
+        changes["negative_weight"] = Schedule.parse(options["negative_weight"])
+    return config.updated(**changes)
+
+
+@click.group(cls=DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="csd-texture")
 def main() -> None:
-    raise SystemExit("csd-texture CLI is not built yet")
+    """Paint a PBR texture onto a mesh from a text prompt (Classifier Score Distillation).
+
+    \b
+    Examples:
+      csd-texture chair.obj "a wooden chair" -o chair.glb
+      csd-texture chair.obj "a wooden chair" -o chair.glb --model ./sd21-base --save-maps maps/
+      csd-texture doctor          check the install (GPU, nvdiffrast, model, a tiny run)
+      csd-texture info chair.glb  show how an output was made
+    """
+
+
+@main.command()
+@click.argument("mesh", type=click.Path(path_type=Path))
+@click.argument("prompt")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file: .glb (embedded), .gltf (+.bin and PNGs) or .obj (+.mtl and PNGs).")
+@click.option("--save-maps", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write basecolor/roughness/metallic/orm PNG maps into this folder.")
+@settings_options
+@common_options
+def texture(mesh: Path, prompt: str, output: Path, save_maps: Path | None, config_file: Path | None,
+            preset: str, quiet: bool, verbose: bool, **options: Any) -> None:
+    """Texture MESH (OBJ, glTF/GLB, PLY, STL, OFF) towards PROMPT and write --output."""
+    setup_logging(quiet, verbose)
+
+    def action() -> None:
+        from csd_texture.api import texture_mesh
+        from csd_texture.export import save_maps as write_maps
+
+        config = build_config(config_file, preset, {**options, "prompt": prompt})
+        result = texture_mesh(mesh, output=output, config=config, progress=not quiet)
+        if save_maps is not None:
+            save_maps.mkdir(parents=True, exist_ok=True)
+            write_maps(result.maps, save_maps, bits=config.map_bits)
+        log.info("wrote %s (%.1f s)", output, sum(result.timings.values()))
+
+    run_safely(verbose, action)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@common_options
+def info(path: Path, quiet: bool, verbose: bool) -> None:
+    """Print the record of how an output (.glb, .gltf, .obj) was made."""
+    setup_logging(quiet, verbose)
+
+    def action() -> None:
+        from csd_texture.export import read_metadata
+
+        click.echo(json.dumps(read_metadata(path), indent=2, sort_keys=False))
+
+    run_safely(verbose, action)
+
+
+@main.command()
+@click.option("--model", help="Also check that this model (repo id or folder) is available locally.")
+@click.option("--device", default="auto", show_default=True, help="Device for the trial run.")
+@common_options
+def doctor(model: str | None, device: str, quiet: bool, verbose: bool) -> None:
+    """Check the install: torch and CUDA, nvdiffrast, the model, and a tiny real run."""
+    setup_logging(quiet, verbose)
+
+    def action() -> int:
+        from csd_texture.doctor import run_checks
+
+        checks = run_checks(model or default_model(), device)
+        for check in checks:
+            click.echo(f"[{'ok' if check.ok else 'FAIL' if check.required else 'warn'}] {check.name}: {check.detail}")
+        failed = [c.name for c in checks if c.required and not c.ok]
+        click.echo("verdict: " + (f"broken ({', '.join(failed)})" if failed else "ready"))
+        return 1 if failed else 0
+
+    run_safely(verbose, action)
+
+
+if __name__ == "__main__":
+    main()

@@ -60,6 +60,10 @@ class CameraBatch:
     def batch_size(self) -> int:
         return int(self.mvp.shape[0])
 
+    def to(self, device: torch.device | str) -> "CameraBatch":
+        return CameraBatch(self.mvp.to(device), self.position.to(device), self.elevation.to(device),
+                           self.azimuth.to(device), self.resolution)
+
 
 @dataclass(frozen=True)
 class Lighting:

@@ -1,0 +1,145 @@
+"""The composition root: mesh in, textured mesh out. The CLI and batch mode call these."""
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import trimesh
+
+from .bake import bake_maps
+from .config import Config
+from .datatypes import MeshData, StepRecord, TextureResult
+from .devices import resolve_device
+from .errors import ConfigError, ExportError
+from .export import SUPPORTED_SUFFIXES
+from .guidance.csd import CSDGuidance
+from .mesh_io import load_mesh
+from .optimize import CSDObjective, Objective, optimize
+from .render.rasterizer import get_rasterizer
+from .render.views import Surface
+from .texture import make_texture
+from .uv import prepare_uv
+from .version import __version__
+
+log = logging.getLogger(__name__)
+MeshSource = str | Path | trimesh.Trimesh | trimesh.Scene
+
+
+def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path | None = None, *,
+                 config: Config | None = None, guidance: CSDGuidance | None = None,
+                 objective: Objective | None = None, progress: bool = True, **settings: Any) -> TextureResult:
+    """Texture `mesh` (a file path or a trimesh object) towards `prompt`.
+
+    Settings are Config fields (steps=..., texture_size=..., ...) or a whole `config`. Pass a
+    loaded `guidance` to reuse a model across meshes, or an `objective` to replace CSD.
+    Writes `output` (.glb, .gltf or .obj) when given; returns the maps, mesh, history and record.
+    """
+    config = (config or Config()).updated(prompt=prompt, **settings)
+    if not config.prompt.strip() and objective is None:
+        raise ConfigError("a prompt is required: describe the texture, e.g. \"a wooden chair\"")
+    output = _check_output(output, mesh)
+    timings: dict[str, float] = {}
+    device = resolve_device(config.device)
+    with _timed(timings, "load"):
+        data = load_mesh(mesh, up_axis=config.up_axis)
+    with _timed(timings, "unwrap"):
+        data = prepare_uv(data, keep_uv=config.keep_uv)
+    if objective is None:
+        with _timed(timings, "model_load"):
+            guidance = guidance or load_guidance(config, device)
+            objective = CSDObjective(guidance, guidance.encode_prompts(config.prompt, config.negative_prompt), config)
+    torch.manual_seed(config.seed)
+    rasterizer = get_rasterizer(config.renderer, device)
+    surface = Surface.from_mesh(data, device)
+    texture = make_texture(config.texture, config.texture_size, config.seed).to(device)
+    with _timed(timings, "optimize"), _progress_bar(config.steps, progress) as on_step:
+        history = optimize(texture, surface, rasterizer, objective, config, data.up_axis, on_step)
+    with _timed(timings, "bake"), torch.no_grad():
+        maps = bake_maps(data, texture, config.texture_size, rasterizer, config.pad_texels)
+    result = TextureResult(mesh=data, maps=maps, config=config, history=history, timings=timings)
+    result.metadata = run_record(config, timings, device, rasterizer.name)
+    if output is not None:
+        with _timed(timings, "export"):
+            result.save(output)
+    return result
+
+
+def load_guidance(config: Config, device: torch.device | str | None = None) -> CSDGuidance:
+    """Load the configured diffusion model once (reuse it across meshes)."""
+    device = resolve_device(config.device) if device is None else torch.device(device)
+    return CSDGuidance.from_pretrained(config.model, config.model_revision, device)
+
+
+def run_record(config: Config, timings: dict[str, float], device: torch.device, renderer: str) -> dict[str, Any]:
+    """What made an output: prompt, seed, model, every setting, tool version, timings, device."""
+    return {
+        "generator": f"csd-texture {__version__}",
+        "prompt": config.prompt,
+        "negative_prompt": config.negative_prompt,
+        "seed": config.seed,
+        "model": config.model,
+        "model_revision": config.model_revision,
+        "steps": config.steps,
+        "settings": config.to_dict(),
+        "timings_s": timings,
+        "device": _device_name(device),
+        "renderer": renderer,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _check_output(output: str | Path | None, source: MeshSource) -> Path | None:
+    """Refuse an unsupported output format or an output that would overwrite the input, before any work."""
+    if output is None:
+        return None
+    output = Path(output)
+    if output.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise ConfigError(f"{output}: unsupported output format; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+    if isinstance(source, (str, Path)) and Path(source).exists() and output.exists() \
+            and output.resolve() == Path(source).resolve():
+        raise ConfigError(f"{output}: the output would overwrite the input mesh; choose another -o path")
+    if not output.parent.exists():
+        raise ExportError(f"{output}: the output folder {output.parent} does not exist")
+    return output
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - start, 4)
+
+
+@contextmanager
+def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
+    """A tqdm bar on stderr (step, loss, elapsed, ETA); yields the per-step callback."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="texturing", unit="step", disable=not enabled, dynamic_ncols=True)
+
+    def on_step(record: StepRecord) -> None:
+        bar.update(1)
+        if record.step % 10 == 0 or record.step == total - 1:
+            bar.set_postfix(loss=f"{record.loss:.4g}", refresh=False)
+
+    try:
+        yield on_step
+    finally:
+        bar.close()
+
+
+__all__ = ["MeshData", "load_guidance", "run_record", "texture_mesh"]
