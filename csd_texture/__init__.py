@@ -1,21 +1,32 @@
-"""csd-texture: PBR textures for existing meshes with Classifier Score Distillation."""
-from .api import load_guidance, texture_mesh
-from .config import Config, Schedule, load_config, preset, save_config
-from .datatypes import MeshData, PBRMaps, TextureResult
-from .errors import CSDTextureError
+"""csd-texture: PBR textures for existing meshes with Classifier Score Distillation.
+
+Public names are imported on first use, so `import csd_texture` stays light.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .version import __version__
 
-__all__ = [
-    "CSDTextureError",
-    "Config",
-    "MeshData",
-    "PBRMaps",
-    "Schedule",
-    "TextureResult",
-    "__version__",
-    "load_config",
-    "load_guidance",
-    "preset",
-    "save_config",
-    "texture_mesh",
-]
+_EXPORTS = {
+    "texture_mesh": "api",
+    "load_guidance": "api",
+    "Config": "config",
+    "Schedule": "config",
+    "load_config": "config",
+    "preset": "config",
+    "save_config": "config",
+    "MeshData": "datatypes",
+    "PBRMaps": "datatypes",
+    "TextureResult": "datatypes",
+    "CSDTextureError": "errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'csd_texture' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
