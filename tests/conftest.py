@@ -14,3 +14,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+# --- Khronos glTF validator (export) -------------------------------------------------
+@pytest.fixture
+def gltf_validator():
+    """`assert_valid_gltf(*paths)`: zero validator errors and warnings (tests/gltf_validator.py)."""
+    from gltf_validator import assert_valid_gltf
+
+    return assert_valid_gltf
+
+
+# --- tiny diffusion models and meshes (pipeline) -------------------------------------
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A random tiny Stable Diffusion folder, saved once per session and loaded like a real one."""
+    from csd_texture.testing import save_tiny_pipeline
+
+    return str(save_tiny_pipeline(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture(scope="session")
+def tiny_guidance(tiny_model_dir: str):
+    """CSDGuidance loaded from the tiny folder through the public loader."""
+    from csd_texture.guidance.csd import CSDGuidance
+
+    return CSDGuidance.from_pretrained(tiny_model_dir)
