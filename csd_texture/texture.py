@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .datatypes import PBRMaps
+
 CHANNELS = 5  # albedo RGB, roughness, metallic
 DEFAULT_INIT = {"albedo": 0.25, "roughness": 0.6, "metallic": 0.05}
 
@@ -113,6 +115,34 @@ class FourierFieldTexture(torch.nn.Module):
             if i < len(self.mlp) - 1:
                 x = F.silu(x)
         return _to_sample(x + self.bias)
+
+
+class ImageTexture(torch.nn.Module):
+    """A fixed texture from images (e.g. baked maps or a source material), sampled bilinearly.
+
+    albedo: (H, W, 3) linear; roughness, metallic: (H, W, 1); all in [0, 1], row 0 = v 1.
+    """
+
+    def __init__(self, albedo: torch.Tensor, roughness: torch.Tensor, metallic: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("image", torch.cat([albedo, roughness, metallic], dim=-1).permute(2, 0, 1)[None].float())
+
+    @classmethod
+    def from_maps(cls, maps: PBRMaps) -> "ImageTexture":
+        return cls(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (maps.albedo, maps.roughness, maps.metallic)))
+
+    @classmethod
+    def from_srgb(cls, image: np.ndarray, roughness: float = 0.6, metallic: float = 0.0) -> "ImageTexture":
+        """A texture from an (H, W, 3) sRGB base colour image and constant roughness/metallic."""
+        albedo = srgb_image_to_linear(image)
+        ones = torch.ones(*albedo.shape[:2], 1)
+        return cls(albedo, ones * roughness, ones * metallic)
+
+    def forward(self, uv: torch.Tensor, position: torch.Tensor | None = None) -> SurfaceSample:
+        grid = uv_to_grid(uv).to(self.image.dtype)
+        values = F.grid_sample(self.image.expand(grid.shape[0], -1, -1, -1), grid, mode="bilinear",
+                               padding_mode="border", align_corners=False).permute(0, 2, 3, 1)
+        return SurfaceSample(values[..., :3], values[..., 3:4], values[..., 4:5])
 
 
 def make_texture(kind: str, size: int, seed: int = 0) -> torch.nn.Module:
