@@ -179,7 +179,7 @@ def test_perspective_correct_barycentrics(raster):
     normal = rot.double() @ torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
     t = -(near @ normal) / ((far - near) @ normal)  # plane through the origin
     hit = near + t[:, None] * (far - near)
-    assert (position[mask] - hit).abs().max() < 2e-3
+    assert (position[mask] - hit).abs().max() < 1e-5
 
 
 def test_nearer_triangle_wins_in_either_order(raster):
@@ -304,7 +304,7 @@ def test_interpolate_gradcheck(raster):
     frags = raster.rasterize(to_clip(vertices, front_camera()), faces, (6, 6))
     frags64 = Fragments(frags.triangle_id, frags.barycentrics.double(), frags.depth)
     attr = torch.rand(4, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a: interpolate(a, frags64, faces), (attr,))
+    assert torch.autograd.gradcheck(lambda a: interpolate(a, frags64, faces), (attr,), fast_mode=True)
 
 
 def test_gradient_reaches_texture_through_grid_sample(raster):

@@ -13,7 +13,9 @@ Rules (shared with the nvdiffrast backend where it matters):
   dropped (near/far planes); triangles with any vertex at w <= 0 are discarded whole
   instead of being clipped (cameras look at the mesh from outside it, so this is rare);
 - the nearest fragment wins; on equal depth the lower triangle id wins;
-- barycentrics are perspective-correct weights of the face's vertices in `faces` order.
+- barycentrics are perspective-correct weights of the face's vertices in `faces` order,
+  computed in float64 from the unsnapped positions (clamped to the triangle), so the
+  1/256-pixel snapping only decides coverage.
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ class _Triangles:
     index: (N,) int64 global id b * F + f; edge_a, edge_b, edge_c: (N, 3) int64 with
     E_k(p) = a*px + b*py + c for the edge opposite vertex k; owner: (N, 3) int64, 1 where
     a pixel centre exactly on that edge belongs to the triangle; area: (N,) int64;
-    flipped: (N,) bool, vertices 1 and 2 swapped; depth: (N, 3) NDC z; inv_w: (N, 3);
+    flipped: (N,) bool, vertices 1 and 2 swapped; screen: (N, 3, 2) float64 unsnapped
+    positions in subpixel units; depth: (N, 3) NDC z; inv_w: (N, 3) float64;
     bbox: (N, 4) int64 (row0, col0, rows, cols)."""
 
     index: torch.Tensor
@@ -47,6 +50,7 @@ class _Triangles:
     owner: torch.Tensor
     area: torch.Tensor
     flipped: torch.Tensor
+    screen: torch.Tensor
     depth: torch.Tensor
     inv_w: torch.Tensor
     bbox: torch.Tensor
@@ -111,18 +115,21 @@ def _setup(pos: torch.Tensor, faces: torch.Tensor, height: int, width: int) -> _
     ndc = pos[..., :3] * inv_w.unsqueeze(-1)
     sx = ((ndc[..., 0] + 1.0) * (0.5 * width * SUBPIXEL)).clamp(-_COORD_LIMIT, _COORD_LIMIT)
     sy = ((1.0 - ndc[..., 1]) * (0.5 * height * SUBPIXEL)).clamp(-_COORD_LIMIT, _COORD_LIMIT)
+    screen = torch.stack([sx, sy], dim=-1)
     sx, sy = sx.round().long(), sy.round().long()
 
     def corners(v: torch.Tensor) -> torch.Tensor:  # (B, V) -> (B*F, 3)
         return v[:, faces].reshape(-1, 3)
 
     x, y, z, iw = corners(sx), corners(sy), corners(ndc[..., 2]), corners(inv_w)
+    exact = screen[:, faces].reshape(-1, 3, 2)
     valid = corners(ok).all(dim=1)
     area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (y[:, 1] - y[:, 0]) * (x[:, 2] - x[:, 0])
     flipped = area < 0
     order = torch.tensor([0, 1, 2], device=pos.device).expand(x.shape[0], 3).clone()
     order[flipped] = torch.tensor([0, 2, 1], device=pos.device)
     x, y, z, iw = (t.gather(1, order) for t in (x, y, z, iw))
+    exact = exact.gather(1, order.unsqueeze(-1).expand(-1, 3, 2))
     area = area.abs()
 
     col0 = _ceil_div(x.min(dim=1).values - _HALF, SUBPIXEL).clamp(min=0)
@@ -139,7 +146,7 @@ def _setup(pos: torch.Tensor, faces: torch.Tensor, height: int, width: int) -> _
     owner = ((edge_a > 0) | ((edge_a == 0) & (edge_b > 0))).long()
     bbox = torch.stack([row0, col0, rows, cols], dim=1)[keep]
     return _Triangles(keep, edge_a, edge_b, edge_c, owner, area[keep], flipped[keep],
-                      z[keep].float(), iw[keep], bbox)
+                      exact[keep], z[keep].float(), iw[keep], bbox)
 
 
 def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
@@ -189,6 +196,18 @@ def _fragments(
     return tri[inside], pixel[inside], depth[inside]
 
 
+def _screen_barycentrics(corners: torch.Tensor, pixel: torch.Tensor) -> torch.Tensor:
+    """corners (M, 3, 2), pixel (M, 2) float64 -> (M, 3) screen-space weights, clamped to
+    the triangle: pixels that the snapped triangle covers may lie a hair outside it."""
+    a, b = corners[:, [1, 2, 0]], corners[:, [2, 0, 1]]  # edge opposite vertex k
+    p = pixel.unsqueeze(1)
+    edge = (b[..., 0] - a[..., 0]) * (p[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (p[..., 0] - a[..., 0])
+    edge = edge.clamp(min=0.0)
+    total = edge.sum(dim=1, keepdim=True)
+    fallback = torch.full_like(edge, 1.0 / 3.0)  # sliver thinner than the snapping step
+    return torch.where(total > 0, edge / total.clamp(min=1e-300), fallback)
+
+
 def _resolve(
     tris: _Triangles, winner: torch.Tensor, num_faces: int, shape: tuple[int, int, int]
 ) -> Fragments:
@@ -198,11 +217,8 @@ def _resolve(
     tri = winner[covered]
     col = covered % width
     row = torch.div(covered, width, rounding_mode="floor") % height
-    px, py = col * SUBPIXEL + _HALF, row * SUBPIXEL + _HALF
-    screen = torch.stack(
-        [tris.edge_a[tri, k] * px + tris.edge_b[tri, k] * py + tris.edge_c[tri, k]
-         for k in range(3)], dim=1,
-    ).double() / tris.area[tri].double().unsqueeze(1)
+    pixel = torch.stack([col, row], dim=1).double() * SUBPIXEL + _HALF
+    screen = _screen_barycentrics(tris.screen[tri], pixel)
     depth = (screen * tris.depth[tri].double()).sum(dim=1)
     persp = screen * tris.inv_w[tri]
     persp = persp / persp.sum(dim=1, keepdim=True)
