@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 GENERATOR = f"csd-texture {__version__}"
 SUPPORTED_SUFFIXES = (".glb", ".gltf", ".obj")
+_SUPPORTED = ", ".join(SUPPORTED_SUFFIXES)
 MAP_NAMES = ("basecolor", "roughness", "metallic", "orm")
 
 _GLB_MAGIC, _GLB_JSON, _GLB_BIN = 0x46546C67, 0x4E4F534A, 0x004E4942
@@ -93,7 +94,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        raise InputError(f"{path}: cannot read metadata from '{suffix}' files; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+        raise InputError(f"{path}: cannot read metadata from '{suffix}' files; use one of {_SUPPORTED}")
     if suffix in (".glb", ".gltf"):
         extras = _read_asset_extras(path)
         if extras:
@@ -197,7 +198,8 @@ def _encode_png16(image: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
     header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b"")
+    pixels = zlib.compress(rows.tobytes(), 6)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 def save_maps(maps: PBRMaps, folder: Path, bits: int = 8) -> dict[str, Path]:
@@ -269,7 +271,8 @@ class _BinaryBuffer:
     def add(self, payload: bytes, target: int | None = None) -> int:
         """Append `payload` as a new bufferView; returns its index."""
         self.data += b"\0" * (-len(self.data) % 4)
-        self.views.append(pygltflib.BufferView(buffer=0, byteOffset=len(self.data), byteLength=len(payload), target=target))
+        view = pygltflib.BufferView(buffer=0, byteOffset=len(self.data), byteLength=len(payload), target=target)
+        self.views.append(view)
         self.data += payload
         return len(self.views) - 1
 
@@ -380,11 +383,13 @@ def _glb_bytes(document: Mapping[str, Any], blob: bytes) -> bytes:
 
 
 def _companion_names(path: Path) -> dict[str, str]:
-    """File names written beside OUT.gltf / OUT.obj (besides the sidecar)."""
+    """File names written beside OUT.gltf / OUT.obj (besides the sidecar); OBJ/MTL
+    statements are whitespace-separated, so OBJ companions get no spaces."""
     stem = path.stem
     if path.suffix.lower() == ".gltf":
         return {"bin": f"{stem}.bin", "basecolor": f"{stem}_basecolor.png", "orm": f"{stem}_metallicRoughness.png"}
     if path.suffix.lower() == ".obj":
+        stem = _obj_name(stem)
         return {
             "mtl": f"{stem}.mtl", "basecolor": f"{stem}_basecolor.png",
             "roughness": f"{stem}_roughness.png", "metallic": f"{stem}_metallic.png",
@@ -409,23 +414,20 @@ def check_not_overwriting(path: Path, inputs: Iterable[Path | str]) -> None:
 # ----------------------------------------------------------------------------- writers
 
 
-def _write_glb(mesh: MeshData, geometry: _Geometry, pngs: dict[str, bytes], record: dict, path: Path) -> None:
+# Each returns the bytes of every file in output_files(path), in the same order.
+
+
+def _glb_files(mesh: MeshData, geometry: _Geometry, pngs: dict[str, bytes], record: dict, path: Path) -> list[bytes]:
     document, blob = _gltf_document(mesh, geometry, pngs, names=None, bin_name=None)
     document["asset"]["extras"] = record
-    data = _glb_bytes(document, blob)
-    with atomic_outputs([sidecar_path(path), path]) as (sidecar_tmp, main_tmp):
-        sidecar_tmp.write_bytes(_json_bytes(record))
-        main_tmp.write_bytes(data)
+    return [_json_bytes(record), _glb_bytes(document, blob)]
 
 
-def _write_gltf(mesh: MeshData, geometry: _Geometry, pngs: dict[str, bytes], record: dict, path: Path) -> None:
+def _gltf_files(mesh: MeshData, geometry: _Geometry, pngs: dict[str, bytes], record: dict, path: Path) -> list[bytes]:
     names = _companion_names(path)
     document, blob = _gltf_document(mesh, geometry, pngs, names=names, bin_name=names["bin"])
     document["asset"]["extras"] = record
-    payloads = [blob, pngs["basecolor"], pngs["orm"], _json_bytes(record), _json_bytes(document)]
-    with atomic_outputs(output_files(path)) as temps:
-        for temp, payload in zip(temps, payloads):
-            temp.write_bytes(payload)
+    return [blob, pngs["basecolor"], pngs["orm"], _json_bytes(record), _json_bytes(document)]
 
 
 def _obj_text(mesh: MeshData, geometry: _Geometry, mtl_name: str, material: str) -> str:
@@ -455,16 +457,13 @@ def _obj_name(name: str) -> str:
     return re.sub(r"\s+", "_", name.strip()) or "mesh"
 
 
-def _write_obj(mesh: MeshData, geometry: _Geometry, pngs: dict[str, bytes], record: dict, path: Path) -> None:
+def _obj_files(mesh: MeshData, geometry: _Geometry, pngs: dict[str, bytes], record: dict, path: Path) -> list[bytes]:
     names = _companion_names(path)
     material = f"{_obj_name(mesh.name)}_material"
-    payloads = [
+    return [
         _mtl_text(material, names).encode("utf-8"), pngs["basecolor"], pngs["roughness"], pngs["metallic"],
         _json_bytes(record), _obj_text(mesh, geometry, names["mtl"], material).encode("utf-8"),
     ]
-    with atomic_outputs(output_files(path)) as temps:
-        for temp, payload in zip(temps, payloads):
-            temp.write_bytes(payload)
 
 
 def _recorded_inputs(metadata: Mapping[str, Any]) -> list[Path]:
@@ -477,7 +476,7 @@ def _recorded_inputs(metadata: Mapping[str, Any]) -> list[Path]:
     return [Path(p) for p in inputs]
 
 
-_WRITERS = {".glb": _write_glb, ".gltf": _write_gltf, ".obj": _write_obj}
+_FORMATS = {".glb": _glb_files, ".gltf": _gltf_files, ".obj": _obj_files}
 
 
 def export_textured_mesh(mesh: MeshData, maps: PBRMaps, path: Path, metadata: dict) -> Path:
@@ -485,26 +484,30 @@ def export_textured_mesh(mesh: MeshData, maps: PBRMaps, path: Path, metadata: di
 
     .glb: one file, images embedded. .gltf: OUT.gltf + OUT.bin + OUT_basecolor.png +
     OUT_metallicRoughness.png. .obj: OUT.obj + OUT.mtl + OUT_basecolor.png +
-    OUT_roughness.png + OUT_metallic.png. Every format also gets the sidecar OUT.json;
+    OUT_roughness.png + OUT_metallic.png (spaces in an OBJ's companion names become _).
+    Every format also gets the sidecar OUT.json;
     glTF files carry the same record in asset.extras. glTF images are 8-bit PNG.
     Files listed under ``metadata["input"]`` (a path or a list of paths) are never
     overwritten. Returns `path`; raises ExportError (or InputError) and leaves no partial
     output on failure.
     """
     path = Path(path)
-    writer = _WRITERS.get(path.suffix.lower())
-    if writer is None:
-        raise ExportError(f"{path}: unsupported output format '{path.suffix}'; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+    build = _FORMATS.get(path.suffix.lower())
+    if build is None:
+        raise ExportError(f"{path}: unsupported output format '{path.suffix}'; use one of {_SUPPORTED}")
     if path.is_dir():
-        raise ExportError(f"{path}: is a folder; give an output file name ending in {', '.join(SUPPORTED_SUFFIXES)}")
+        raise ExportError(f"{path}: is a folder; give an output file name ending in {_SUPPORTED}")
     check_not_overwriting(path, _recorded_inputs(metadata))
     geometry = _world_geometry(mesh)
     pngs = {name: encode_png(image) for name, image in map_images(maps, bits=8).items()}
     record = _provenance(metadata)
     try:
-        writer(mesh, geometry, pngs, record, path)
+        with atomic_outputs(output_files(path)) as temps:
+            for temp, payload in zip(temps, build(mesh, geometry, pngs, record, path), strict=True):
+                temp.write_bytes(payload)
     except OSError as exc:
         raise ExportError(f"{path}: cannot write output: {exc}") from exc
     height, width = maps.albedo.shape[:2]
-    logger.info("wrote %s (%d vertices, %d faces, %dx%d maps)", path, len(geometry.world), mesh.num_faces, width, height)
+    logger.info("wrote %s (%d vertices, %d faces, %dx%d maps)", path, len(geometry.world), mesh.num_faces,
+                width, height)
     return path

@@ -18,7 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATOR_DIR = ROOT / "tools" / "gltf-validator"
 SCRIPT = VALIDATOR_DIR / "validate.mjs"
-INSTALL_HINT = "install it with `npm ci --prefix tools/gltf-validator` (or tools/install_test_deps.sh); needs Node.js >= 18"
+INSTALL_HINT = (
+    "install it with `npm ci --prefix tools/gltf-validator` (or tools/install_test_deps.sh); needs Node.js >= 18"
+)
 ERROR, WARNING = 0, 1  # Khronos severities: 0 error, 1 warning, 2 info, 3 hint
 
 
@@ -43,11 +45,12 @@ def require_validator() -> None:
 
 def _problems(report: dict[str, Any]) -> list[str]:
     """One line per error or warning in a Khronos report."""
-    return [
-        f"{report['uri']}: {'error' if m['severity'] == ERROR else 'warning'} {m['code']} at {m.get('pointer', '?')}: {m['message']}"
-        for m in report["issues"]["messages"]
-        if m["severity"] in (ERROR, WARNING)
-    ]
+    lines = []
+    for m in report["issues"]["messages"]:
+        if m["severity"] in (ERROR, WARNING):
+            kind = "error" if m["severity"] == ERROR else "warning"
+            lines.append(f"{report['uri']}: {kind} {m['code']} at {m.get('pointer', '?')}: {m['message']}")
+    return lines
 
 
 def validate_gltf(*paths: Path) -> list[dict[str, Any]]:

@@ -190,7 +190,8 @@ class _Gltf:
     def accessor(self, index: int) -> np.ndarray:
         acc = self.doc.accessors[index]
         view = self.doc.bufferViews[acc.bufferView]
-        dtype = {pygltflib.FLOAT: "<f4", pygltflib.UNSIGNED_SHORT: "<u2", pygltflib.UNSIGNED_INT: "<u4"}[acc.componentType]
+        dtypes = {pygltflib.FLOAT: "<f4", pygltflib.UNSIGNED_SHORT: "<u2", pygltflib.UNSIGNED_INT: "<u4"}
+        dtype = dtypes[acc.componentType]
         width = {"SCALAR": 1, "VEC2": 2, "VEC3": 3}[acc.type]
         offset = (view.byteOffset or 0) + (acc.byteOffset or 0)
         data = np.frombuffer(self._buffer(view.buffer), dtype, count=acc.count * width, offset=offset)
@@ -277,7 +278,9 @@ def test_gltf_round_trip_trimesh(tmp_path, mesh, maps, metadata, suffix):
 
 def test_gltf_writes_relative_companion_files(tmp_path, mesh, maps, metadata):
     out = export_textured_mesh(mesh, maps, tmp_path / "my model.gltf", metadata)
-    expected = {"my model.gltf", "my model.bin", "my model_basecolor.png", "my model_metallicRoughness.png", "my model.json"}
+    expected = {
+        "my model.gltf", "my model.bin", "my model_basecolor.png", "my model_metallicRoughness.png", "my model.json",
+    }
     assert {p.name for p in tmp_path.iterdir()} == expected
     doc = json.loads(out.read_text(encoding="utf-8"))
     assert doc["buffers"][0]["uri"] == "my%20model.bin"
@@ -352,7 +355,8 @@ def test_winding_matches_world_normals(tmp_path, maps, metadata, mirror):
     positions = gltf.world_positions()
     faces = gltf.accessor(gltf.primitive.indices).reshape(-1, 3)
     normals = gltf.accessor(gltf.primitive.attributes.NORMAL)
-    geometric = np.cross(positions[faces[:, 1]] - positions[faces[:, 0]], positions[faces[:, 2]] - positions[faces[:, 0]])
+    a, b, c = (positions[faces[:, i]] for i in range(3))
+    geometric = np.cross(b - a, c - a)
     assert (np.einsum("fc,fc->f", geometric, normals[faces].mean(axis=1)) > 0).all()
     np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-6)
 
@@ -376,6 +380,17 @@ def test_obj_round_trip(tmp_path, mesh, maps, metadata):
     np.testing.assert_array_equal(_pixels((tmp_path / mtl["map_Pr"]).read_bytes()), _expected_grey(maps.roughness))
     np.testing.assert_array_equal(_pixels((tmp_path / mtl["map_Pm"]).read_bytes()), _expected_grey(maps.metallic))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in output_files(out))
+
+
+def test_obj_companions_have_no_spaces(tmp_path, mesh, maps, metadata):
+    out = export_textured_mesh(mesh, maps, tmp_path / "my model.obj", metadata)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([
+        "my model.obj", "my model.json", "my_model.mtl",
+        "my_model_basecolor.png", "my_model_roughness.png", "my_model_metallic.png",
+    ])
+    assert "mtllib my_model.mtl" in out.read_text().splitlines()
+    loaded = trimesh.load(out, process=False, maintain_order=True)
+    np.testing.assert_array_equal(np.array(loaded.visual.material.image), _expected_basecolor(maps))
 
 
 # ----------------------------------------------------------------------------- metadata
@@ -425,7 +440,9 @@ def test_uppercase_extension_is_accepted(tmp_path, mesh, maps, metadata):
     assert out.read_bytes()[:4] == b"glTF"
 
 
-@pytest.mark.parametrize(("output", "input_name"), [("in.obj", "in.obj"), ("scene.gltf", "scene.bin"), ("a.glb", "a.json")])
+@pytest.mark.parametrize(
+    ("output", "input_name"), [("in.obj", "in.obj"), ("scene.gltf", "scene.bin"), ("a.glb", "a.json")]
+)
 def test_refuses_to_overwrite_input(tmp_path, mesh, maps, metadata, output, input_name):
     source = tmp_path / input_name
     source.write_bytes(b"original")
@@ -440,7 +457,8 @@ def test_bad_mesh_or_maps_raise_export_error(tmp_path, mesh, maps, metadata):
     with pytest.raises(ExportError, match="no UVs"):
         export_textured_mesh(dataclasses.replace(mesh, uv=None), maps, tmp_path / "a.glb", metadata)
     with pytest.raises(ExportError, match="roughness"):
-        export_textured_mesh(mesh, dataclasses.replace(maps, roughness=maps.roughness[:5]), tmp_path / "a.glb", metadata)
+        short = dataclasses.replace(maps, roughness=maps.roughness[:5])
+        export_textured_mesh(mesh, short, tmp_path / "a.glb", metadata)
     bad = maps.albedo.copy()
     bad[0, 0, 0] = np.nan
     with pytest.raises(ExportError, match="NaN"):
@@ -529,7 +547,8 @@ def test_save_maps_8bit(tmp_path, maps):
         "basecolor": "basecolor.png", "roughness": "roughness.png", "metallic": "metallic.png", "orm": "orm.png",
     }
     images = {name: Image.open(p) for name, p in paths.items()}
-    assert {name: im.mode for name, im in images.items()} == {"basecolor": "RGB", "roughness": "L", "metallic": "L", "orm": "RGB"}
+    modes = {name: im.mode for name, im in images.items()}
+    assert modes == {"basecolor": "RGB", "roughness": "L", "metallic": "L", "orm": "RGB"}
     np.testing.assert_array_equal(np.array(images["basecolor"]), _expected_basecolor(maps))
     np.testing.assert_array_equal(np.array(images["roughness"]), _expected_grey(maps.roughness))
     np.testing.assert_array_equal(np.array(images["metallic"]), _expected_grey(maps.metallic))
@@ -545,7 +564,9 @@ def test_save_maps_16bit(tmp_path, maps):
         "basecolor": (2, _expected_basecolor(maps, 16)),
         "roughness": (0, _expected_grey(maps.roughness, 16)[..., None]),
         "metallic": (0, _expected_grey(maps.metallic, 16)[..., None]),
-        "orm": (2, np.stack([np.full((24, 32), 65535), _expected_grey(maps.roughness, 16), _expected_grey(maps.metallic, 16)], -1)),
+        "orm": (2, np.stack(
+            [np.full((24, 32), 65535), _expected_grey(maps.roughness, 16), _expected_grey(maps.metallic, 16)], -1
+        )),
     }
     for name, (colour, values) in expected.items():
         data = paths[name].read_bytes()
