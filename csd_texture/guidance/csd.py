@@ -81,9 +81,9 @@ class CSDGuidance:
         try:
             parts = {
                 "tokenizer": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
-                "text_encoder": CLIPTextModel.from_pretrained(folder, subfolder="text_encoder"),
-                "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae"),
-                "unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet"),
+                "text_encoder": CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype),
+                "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype),
+                "unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
                 "scheduler": DDPMScheduler.from_pretrained(folder, subfolder="scheduler"),
             }
         except Exception as exc:  # noqa: BLE001 - missing files and format errors all mean "cannot load"
