@@ -236,6 +236,16 @@ class _Geometry:
         return (self.world - self.centre).astype(np.float32)
 
 
+def _unit_normals(normals: np.ndarray, name: str) -> np.ndarray:
+    """Renormalise (V, 3) normals; zero or non-finite ones (degenerate faces, stray
+    vertices) become +Y, since glTF requires unit NORMAL vectors."""
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    bad = ~(np.isfinite(length) & (length > 1e-12))[:, 0]
+    if bad.any():
+        logger.warning("mesh '%s': %d zero or invalid normals written as +Y", name, int(bad.sum()))
+    return np.where(bad[:, None], [0.0, 1.0, 0.0], normals / np.where(bad[:, None], 1.0, length))
+
+
 def _world_geometry(mesh: MeshData) -> _Geometry:
     """Transform `mesh` to its source world space; normals by the inverse transpose."""
     if mesh.uv is None:
@@ -243,9 +253,10 @@ def _world_geometry(mesh: MeshData) -> _Geometry:
     world = mesh.world_vertices()
     if not np.all(np.isfinite(world)):
         raise ExportError(f"mesh '{mesh.name}' has non-finite positions after to_source")
+    if not np.all(np.isfinite(mesh.uv)):
+        raise ExportError(f"mesh '{mesh.name}' has NaN or infinite UVs; re-run the unwrap")
     linear = np.asarray(mesh.to_source, np.float64)[:3, :3]
-    normals = np.asarray(mesh.normals, np.float64) @ np.linalg.inv(linear)
-    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    normals = _unit_normals(np.asarray(mesh.normals, np.float64) @ np.linalg.inv(linear), mesh.name)
     faces = np.asarray(mesh.faces, np.int64)
     if np.linalg.det(linear) < 0:  # a mirroring transform flips the winding
         faces = faces[:, ::-1]
@@ -432,15 +443,20 @@ def _gltf_files(mesh: MeshData, geometry: _Geometry, pngs: dict[str, bytes], rec
 
 def _obj_text(mesh: MeshData, geometry: _Geometry, mtl_name: str, material: str) -> str:
     """OBJ text: world positions (exact float64), bottom-left UVs, normals, 1-based faces."""
-    out = io.StringIO()
-    out.write(f"# {GENERATOR}\nmtllib {mtl_name}\no {_obj_name(mesh.name)}\n")
-    np.savetxt(out, geometry.world, fmt="v %.17g %.17g %.17g")
-    np.savetxt(out, geometry.uv, fmt="vt %.9g %.9g")
-    np.savetxt(out, geometry.normals, fmt="vn %.9g %.9g %.9g")
-    out.write(f"usemtl {material}\n")
     corners = np.repeat(geometry.faces.astype(np.int64) + 1, 3, axis=1)
-    np.savetxt(out, corners, fmt="f %d/%d/%d %d/%d/%d %d/%d/%d")
-    return out.getvalue()
+    return "".join([
+        f"# {GENERATOR}\nmtllib {mtl_name}\no {_obj_name(mesh.name)}\n",
+        _format_rows("v %.17g %.17g %.17g\n", geometry.world),
+        _format_rows("vt %.9g %.9g\n", geometry.uv),
+        _format_rows("vn %.9g %.9g %.9g\n", geometry.normals),
+        f"usemtl {material}\n",
+        _format_rows("f %d/%d/%d %d/%d/%d %d/%d/%d\n", corners),
+    ])
+
+
+def _format_rows(line: str, rows: np.ndarray) -> str:
+    """`line` (a %-format with one field per column) applied to every row of `rows`."""
+    return (line * len(rows)) % tuple(rows.ravel().tolist())
 
 
 def _mtl_text(material: str, names: dict[str, str]) -> str:

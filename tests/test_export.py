@@ -327,6 +327,19 @@ def test_missing_validator_fails_under_ci_and_skips_locally(monkeypatch):
         validator_helper.require_validator()
 
 
+def test_zero_normals_are_written_as_unit_vectors(tmp_path, mesh, maps, metadata, caplog):
+    normals = mesh.normals.copy()
+    normals[:3] = [[0, 0, 0], [np.nan, 0, 0], [0, 0, 0]]
+    out = export_textured_mesh(dataclasses.replace(mesh, normals=normals), maps, tmp_path / "out.glb", metadata)
+    gltf = _Gltf(out)
+    written = gltf.accessor(gltf.primitive.attributes.NORMAL)
+    np.testing.assert_allclose(np.linalg.norm(written, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(written[:3], [[0, 1, 0]] * 3)
+    np.testing.assert_allclose(written[3:], mesh.normals[3:] @ ROTATION.T, atol=1e-5)
+    assert "3 zero or invalid normals" in caplog.text
+    assert_valid_gltf(out)
+
+
 def _grid_mesh(rows: int, cols: int) -> MeshData:
     """A flat (rows x cols)-vertex grid in the z = 0 plane, normals +Z, uv = grid position."""
     u, v = np.meshgrid(np.linspace(0, 1, cols), np.linspace(0, 1, rows))
@@ -456,6 +469,10 @@ def test_refuses_to_overwrite_input(tmp_path, mesh, maps, metadata, output, inpu
 def test_bad_mesh_or_maps_raise_export_error(tmp_path, mesh, maps, metadata):
     with pytest.raises(ExportError, match="no UVs"):
         export_textured_mesh(dataclasses.replace(mesh, uv=None), maps, tmp_path / "a.glb", metadata)
+    bad_uv = mesh.uv.copy()
+    bad_uv[5, 1] = np.inf
+    with pytest.raises(ExportError, match="infinite UVs"):
+        export_textured_mesh(dataclasses.replace(mesh, uv=bad_uv), maps, tmp_path / "a.glb", metadata)
     with pytest.raises(ExportError, match="roughness"):
         short = dataclasses.replace(maps, roughness=maps.roughness[:5])
         export_textured_mesh(mesh, short, tmp_path / "a.glb", metadata)
