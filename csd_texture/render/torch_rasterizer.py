@@ -36,27 +36,21 @@ _COORD_LIMIT = float(2**29)  # keeps every edge-function product inside int64
 class _Triangles:
     """Set-up triangles, each wound so its screen area is positive.
 
-    index: (N,) int64 global id b * F + f; edge_a, edge_b, edge_c: (N, 3) int64 with
-    E_k(p) = a*px + b*py + c for the edge opposite vertex k; owner: (N, 3) int64, 1 where
-    a pixel centre exactly on that edge belongs to the triangle; area: (N,) int64;
+    index: (N,) int64 global id b * F + f;
+    raster: (N, 12) int64 rows [a0 a1 a2 b0 b1 b2 c0 c1 c2 row0 col0 cols]: the biased
+    edge function a_k*px + b_k*py + c_k of the edge opposite vertex k is >= 0 exactly where
+    the pixel centre (px, py) belongs to the triangle; row0, col0, cols: bounding box;
+    rows: (N,) int64 bounding-box height; depth: (N, 4) float32 [z0 z1 z2 1/area] (NDC z);
     flipped: (N,) bool, vertices 1 and 2 swapped; screen: (N, 3, 2) float64 unsnapped
-    positions in subpixel units; depth: (N, 3) NDC z; inv_w: (N, 3) float64;
-    bbox: (N, 4) int64 (row0, col0, rows, cols)."""
+    positions in subpixel units; inv_w: (N, 3) float64."""
 
     index: torch.Tensor
-    edge_a: torch.Tensor
-    edge_b: torch.Tensor
-    edge_c: torch.Tensor
-    owner: torch.Tensor
-    area: torch.Tensor
+    raster: torch.Tensor
+    rows: torch.Tensor
+    depth: torch.Tensor
     flipped: torch.Tensor
     screen: torch.Tensor
-    depth: torch.Tensor
     inv_w: torch.Tensor
-    bbox: torch.Tensor
-
-    def __getitem__(self, sel: torch.Tensor) -> "_Triangles":
-        return _Triangles(*(getattr(self, f)[sel] for f in self.__dataclass_fields__))
 
 
 class TorchRasterizer:
@@ -89,16 +83,16 @@ class TorchRasterizer:
         self, tris: _Triangles, num_pixels: int, num_faces: int, height: int, width: int
     ) -> torch.Tensor:
         """(num_pixels,) int64 position in `tris` of the winning triangle, -1 where empty."""
-        device = tris.area.device
+        device = tris.index.device
         zbuf = torch.full((num_pixels,), float("inf"), dtype=torch.float32, device=device)
         winner = torch.full((num_pixels,), -1, dtype=torch.int64, device=device)
-        for chunk in _chunks(tris.bbox[:, 2] * tris.bbox[:, 3], self.max_candidates):
+        for chunk in _chunks(tris.rows * tris.raster[:, 11], self.max_candidates):
             tri, pixel, depth = _fragments(tris, chunk, num_faces, height, width)
             if tri.numel() == 0:
                 continue
             chunk_z = torch.full_like(zbuf, float("inf")).scatter_reduce(0, pixel, depth, "amin")
             nearest = depth == chunk_z[pixel]
-            chunk_id = torch.full_like(winner, tris.area.numel()).scatter_reduce(
+            chunk_id = torch.full_like(winner, tris.index.numel()).scatter_reduce(
                 0, pixel[nearest], tri[nearest], "amin"
             )
             better = chunk_z < zbuf  # chunks run in id order, so ties keep the earlier id
@@ -108,45 +102,47 @@ class TorchRasterizer:
 
 
 def _setup(pos: torch.Tensor, faces: torch.Tensor, height: int, width: int) -> _Triangles:
-    """Project, snap and wind all B*F triangles; keep those that can cover a pixel."""
+    """Project, snap and wind all B*F triangles; keep those that can cover a pixel.
+
+    pos: (B, V, 4) float64 clip positions; faces: (F, 3) int64."""
     w = pos[..., 3]
     ok = (w > 0) & torch.isfinite(pos).all(dim=-1)
     inv_w = torch.where(ok, 1.0 / torch.where(ok, w, torch.ones_like(w)), torch.zeros_like(w))
     ndc = pos[..., :3] * inv_w.unsqueeze(-1)
     sx = ((ndc[..., 0] + 1.0) * (0.5 * width * SUBPIXEL)).clamp(-_COORD_LIMIT, _COORD_LIMIT)
     sy = ((1.0 - ndc[..., 1]) * (0.5 * height * SUBPIXEL)).clamp(-_COORD_LIMIT, _COORD_LIMIT)
-    screen = torch.stack([sx, sy], dim=-1)
-    sx, sy = sx.round().long(), sy.round().long()
-
-    def corners(v: torch.Tensor) -> torch.Tensor:  # (B, V) -> (B*F, 3)
-        return v[:, faces].reshape(-1, 3)
-
-    x, y, z, iw = corners(sx), corners(sy), corners(ndc[..., 2]), corners(inv_w)
-    exact = screen[:, faces].reshape(-1, 3, 2)
-    valid = corners(ok).all(dim=1)
+    # One gather for every per-corner quantity: snapped x y, exact x y, NDC z, 1/w, valid.
+    verts = torch.stack([sx.round(), sy.round(), sx, sy, ndc[..., 2], inv_w, ok.double()], -1)
+    corners = verts.index_select(1, faces.reshape(-1)).view(-1, 3, verts.shape[-1])
+    x, y = corners[..., 0].long(), corners[..., 1].long()
     area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (y[:, 1] - y[:, 0]) * (x[:, 2] - x[:, 0])
-    flipped = area < 0
-    order = torch.tensor([0, 1, 2], device=pos.device).expand(x.shape[0], 3).clone()
-    order[flipped] = torch.tensor([0, 2, 1], device=pos.device)
-    x, y, z, iw = (t.gather(1, order) for t in (x, y, z, iw))
-    exact = exact.gather(1, order.unsqueeze(-1).expand(-1, 3, 2))
-    area = area.abs()
-
     col0 = _ceil_div(x.min(dim=1).values - _HALF, SUBPIXEL).clamp(min=0)
     col1 = torch.div(x.max(dim=1).values - _HALF, SUBPIXEL, rounding_mode="floor").clamp(max=width - 1)
     row0 = _ceil_div(y.min(dim=1).values - _HALF, SUBPIXEL).clamp(min=0)
     row1 = torch.div(y.max(dim=1).values - _HALF, SUBPIXEL, rounding_mode="floor").clamp(max=height - 1)
-    rows, cols = (row1 - row0 + 1).clamp(min=0), (col1 - col0 + 1).clamp(min=0)
-    keep = torch.nonzero(valid & (area > 0) & (rows > 0) & (cols > 0)).squeeze(1)
+    rows, cols = row1 - row0 + 1, col1 - col0 + 1
+    valid = corners[..., 6].all(dim=1)
+    keep = torch.nonzero(valid & (area != 0) & (rows > 0) & (cols > 0)).squeeze(1)
 
-    x, y = x[keep], y[keep]  # the edge opposite vertex k runs from vertex k+1 to vertex k+2
+    corners, x, y, area = corners[keep], x[keep], y[keep], area[keep]
+    flipped = area < 0
+    swap = [0, 2, 1]
+    corners = torch.where(flipped[:, None, None], corners[:, swap], corners)
+    x = torch.where(flipped[:, None], x[:, swap], x)
+    y = torch.where(flipped[:, None], y[:, swap], y)
+    # The edge opposite vertex k runs from vertex k+1 to vertex k+2.
     edge_a = y[:, [1, 2, 0]] - y[:, [2, 0, 1]]
     edge_b = x[:, [2, 0, 1]] - x[:, [1, 2, 0]]
     edge_c = -edge_a * x[:, [1, 2, 0]] - edge_b * y[:, [1, 2, 0]]
+    # Top-left rule: a centre exactly on an edge belongs to the triangle that owns the edge.
     owner = ((edge_a > 0) | ((edge_a == 0) & (edge_b > 0))).long()
-    bbox = torch.stack([row0, col0, rows, cols], dim=1)[keep]
-    return _Triangles(keep, edge_a, edge_b, edge_c, owner, area[keep], flipped[keep],
-                      exact[keep], z[keep].float(), iw[keep], bbox)
+    bbox = torch.stack([row0[keep], col0[keep], cols[keep]], dim=1)
+    raster = torch.cat([edge_a, edge_b, edge_c + owner - 1, bbox], dim=1).contiguous()
+    depth = torch.cat([corners[..., 4], 1.0 / area.abs().double().unsqueeze(1)], dim=1).float()
+    return _Triangles(
+        index=keep, raster=raster, rows=rows[keep], depth=depth, flipped=flipped,
+        screen=corners[..., 2:4].contiguous(), inv_w=corners[..., 5].contiguous(),
+    )
 
 
 def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
@@ -171,29 +167,23 @@ def _fragments(
 
     Returns tri (M,) int64 position in `tris`, pixel (M,) int64 flat index
     b*H*W + i*W + j, depth (M,) float32 NDC z."""
-    bbox = tris.bbox[chunk]
-    counts = bbox[:, 2] * bbox[:, 3]
-    local_tri = torch.repeat_interleave(torch.arange(chunk.numel(), device=chunk.device), counts)
-    offset = torch.arange(local_tri.numel(), device=chunk.device)
-    offset = offset - (torch.cumsum(counts, 0) - counts)[local_tri]
-    cols = bbox[local_tri, 3]
-    row = bbox[local_tri, 0] + torch.div(offset, cols, rounding_mode="floor")
-    col = bbox[local_tri, 1] + offset % cols
-    tri = chunk[local_tri]
+    counts = tris.rows[chunk] * tris.raster[chunk, 11]
+    tri = torch.repeat_interleave(chunk, counts)
+    offset = torch.arange(tri.numel(), device=chunk.device)
+    offset -= torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    g = tris.raster.index_select(0, tri)  # (M, 12)
+    drow = torch.div(offset, g[:, 11], rounding_mode="floor")
+    row, col = g[:, 9] + drow, g[:, 10] + offset - drow * g[:, 11]
     px, py = col * SUBPIXEL + _HALF, row * SUBPIXEL + _HALF
-
-    inside = torch.ones_like(tri, dtype=torch.bool)
-    weights = []
-    for k in range(3):
-        e = tris.edge_a[tri, k] * px + tris.edge_b[tri, k] * py + tris.edge_c[tri, k]
-        inside &= e + tris.owner[tri, k] > 0
-        weights.append(e)
-    depth = sum(e.float() * tris.depth[tri, k] for k, e in enumerate(weights))
-    depth = depth / tris.area[tri].float()
-    inside &= (depth >= -1.0) & (depth <= 1.0)
+    edges = [g[:, k] * px + g[:, 3 + k] * py + g[:, 6 + k] for k in range(3)]
+    keep = torch.nonzero((edges[0] >= 0) & (edges[1] >= 0) & (edges[2] >= 0)).squeeze(1)
+    tri, row, col = tri[keep], row[keep], col[keep]
+    z = tris.depth.index_select(0, tri)
+    depth = sum(e[keep].float() * z[:, k] for k, e in enumerate(edges)) * z[:, 3]
     view = torch.div(tris.index[tri], num_faces, rounding_mode="floor")
     pixel = (view * height + row) * width + col
-    return tri[inside], pixel[inside], depth[inside]
+    clip = (depth >= -1.0) & (depth <= 1.0)
+    return tri[clip], pixel[clip], depth[clip]
 
 
 def _screen_barycentrics(corners: torch.Tensor, pixel: torch.Tensor) -> torch.Tensor:
@@ -219,7 +209,7 @@ def _resolve(
     row = torch.div(covered, width, rounding_mode="floor") % height
     pixel = torch.stack([col, row], dim=1).double() * SUBPIXEL + _HALF
     screen = _screen_barycentrics(tris.screen[tri], pixel)
-    depth = (screen * tris.depth[tri].double()).sum(dim=1)
+    depth = (screen * tris.depth[tri, :3].double()).sum(dim=1)
     persp = screen * tris.inv_w[tri]
     persp = persp / persp.sum(dim=1, keepdim=True)
     flip = tris.flipped[tri]
