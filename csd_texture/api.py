@@ -16,7 +16,7 @@ from .config import Config
 from .datatypes import MeshData, StepRecord, TextureResult
 from .devices import resolve_device
 from .errors import ConfigError, ExportError
-from .export import SUPPORTED_SUFFIXES
+from .export import SUPPORTED_SUFFIXES, check_not_overwriting
 from .guidance.csd import CSDGuidance
 from .mesh_io import load_mesh
 from .optimize import CSDObjective, Objective, optimize
@@ -63,6 +63,8 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
         maps = bake_maps(data, texture, config.texture_size, rasterizer, config.pad_texels)
     result = TextureResult(mesh=data, maps=maps, config=config, history=history, timings=timings)
     result.metadata = run_record(config, timings, device, rasterizer.name)
+    if isinstance(mesh, (str, Path)):
+        result.metadata["input"] = str(mesh)
     if output is not None:
         with _timed(timings, "export"):
             result.save(output)
@@ -95,15 +97,15 @@ def run_record(config: Config, timings: dict[str, float], device: torch.device, 
 
 
 def _check_output(output: str | Path | None, source: MeshSource) -> Path | None:
-    """Refuse an unsupported output format or an output that would overwrite the input, before any work."""
+    """Refuse an unsupported output format or an output (or companion file) that would overwrite the
+    input, before any work."""
     if output is None:
         return None
     output = Path(output)
     if output.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise ConfigError(f"{output}: unsupported output format; use one of {', '.join(SUPPORTED_SUFFIXES)}")
-    if isinstance(source, (str, Path)) and Path(source).exists() and output.exists() \
-            and output.resolve() == Path(source).resolve():
-        raise ConfigError(f"{output}: the output would overwrite the input mesh; choose another -o path")
+    if isinstance(source, (str, Path)) and Path(source).exists():
+        check_not_overwriting(output, [source])
     if not output.parent.exists():
         raise ExportError(f"{output}: the output folder {output.parent} does not exist")
     return output

@@ -9,7 +9,7 @@ import torch
 import trimesh
 
 from csd_texture import texture_mesh
-from csd_texture.errors import ConfigError
+from csd_texture.errors import ConfigError, InputError
 from csd_texture.mesh_io import load_mesh
 from csd_texture.optimize import PhotometricObjective
 from csd_texture.render.rasterizer import get_rasterizer
@@ -51,7 +51,7 @@ def test_prompt_and_output_are_checked_before_work(tiny_model_dir: str, tmp_path
     copy = tmp_path / "box.obj"
     trimesh.creation.box().export(copy)
     before = copy.read_bytes()
-    with pytest.raises(ConfigError, match="overwrite the input"):
+    with pytest.raises(InputError, match="refusing to overwrite an input file"):
         texture_mesh(copy, "x", copy, model=tiny_model_dir)
     assert copy.read_bytes() == before
 

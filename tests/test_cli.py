@@ -114,7 +114,7 @@ def test_output_equal_to_input_is_refused(tiny_model_dir: str, tmp_path: Path) -
     trimesh.creation.icosphere(subdivisions=1).export(mesh)
     before = mesh.read_bytes()
     proc = csd_texture(mesh, "a ball", "-o", mesh, "--model", tiny_model_dir, *FAST)
-    assert proc.returncode == 2 and "overwrite the input" in one_line_error(proc)
+    assert proc.returncode == 2 and "refusing to overwrite an input file" in one_line_error(proc)
     assert mesh.read_bytes() == before
 
 
