@@ -57,12 +57,12 @@ class TorchRasterizer:
     """Z-buffer rasterizer in PyTorch; runs on the device of its inputs.
 
     max_candidates bounds the (triangle, pixel) pairs tested at once, and so memory
-    (about 100 bytes each); a single triangle larger than that is still done in one go.
+    (about 200 bytes each); a single triangle larger than that is still done in one go.
     """
 
     name = "torch"
 
-    def __init__(self, max_candidates: int = 2**21) -> None:
+    def __init__(self, max_candidates: int = 2**20) -> None:
         self.max_candidates = int(max_candidates)
 
     def rasterize(
