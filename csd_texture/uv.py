@@ -1,0 +1,191 @@
+"""Keep usable source UVs, or unwrap with xatlas in a child process.
+
+xatlas segfaults on some inputs (an exact subdivided icosphere, for one), so it runs in a
+child process (`_xatlas_worker.py`); a crash is retried on a copy whose vertices are jittered
+by a tiny fraction of an edge, and only then reported as UnwrapError.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .datatypes import MeshData
+from .errors import UnwrapError
+
+log = logging.getLogger(__name__)
+
+PADDING = 2  # texels between charts, at the atlas resolution below
+RESOLUTION = 1024  # atlas size xatlas aims at (padding is relative to it)
+MAX_CHART_FRACTION = 1 / 16  # no chart larger than this share of the surface (bounds xatlas' time)
+JITTERS = (0.0, 1e-2, 5e-2)  # per attempt, as a fraction of the median edge length
+MIN_INSIDE = 0.95  # keep source UVs only if this share of them lies in [0, 1]
+MAX_DEGENERATE = 0.1  # ... and at most this share of faces has zero area in UV space
+_UV_EPS = 1e-3
+_WORKER = Path(__file__).with_name("_xatlas_worker.py")
+# Run the worker as a script without putting its folder (csd_texture/) or the cwd on sys.path.
+_BOOTSTRAP = "import runpy, sys; sys.path[:] = [p for p in sys.path if p]; runpy.run_path(sys.argv[1], run_name='__main__')"
+
+
+def prepare_uv(mesh: MeshData, keep_uv: bool = False) -> MeshData:
+    """The mesh with UVs: its own when `keep_uv` and they are usable, else a fresh xatlas atlas.
+
+    Unwrapping returns a new MeshData: vertices/normals re-indexed (split along chart seams),
+    uv (V, 2) float32 in [0, 1]; to_source, name, up_axis, part_names unchanged; the old
+    base_color_image dropped (it belongs to the old UVs)."""
+    if keep_uv:
+        problem = uv_problem(mesh)
+        if problem is None:
+            return mesh
+        log.warning(f"{mesh.name}: cannot keep the source UVs ({problem}); unwrapping with xatlas instead")
+    return _unwrapped(mesh)
+
+
+def uv_problem(mesh: MeshData) -> str | None:
+    """Why `mesh.uv` is unusable as a texture atlas, or None if it is usable."""
+    uv = mesh.uv
+    if uv is None:
+        return "the mesh has no UVs"
+    if uv.shape != (len(mesh.vertices), 2):
+        return f"UV array has shape {uv.shape}, expected ({len(mesh.vertices)}, 2)"
+    if not np.isfinite(uv).all():
+        return "UVs contain NaN/inf values"
+    inside = ((uv >= -_UV_EPS) & (uv <= 1 + _UV_EPS)).all(axis=1).mean()
+    if inside < MIN_INSIDE:
+        return f"{100 * (1 - inside):.0f}% of UVs lie outside [0, 1] (tiled or UDIM layout)"
+    corners = uv.astype(np.float64)[mesh.faces]
+    edges = corners[:, 1:] - corners[:, :1]
+    area = np.abs(edges[:, 0, 0] * edges[:, 1, 1] - edges[:, 0, 1] * edges[:, 1, 0])
+    degenerate = (area <= 1e-12).mean()
+    if degenerate > MAX_DEGENERATE:
+        return f"{100 * degenerate:.0f}% of faces have zero area in UV space"
+    return None
+
+
+def _unwrapped(mesh: MeshData) -> MeshData:
+    """Weld vertices at identical positions (better charts), unwrap, re-index."""
+    vertices, first, inverse = np.unique(mesh.vertices, axis=0, return_index=True, return_inverse=True)
+    faces = inverse.reshape(-1)[mesh.faces]
+    vmapping, new_faces, uv = unwrap(vertices, faces)
+    return dataclasses.replace(
+        mesh,
+        vertices=np.ascontiguousarray(vertices[vmapping], dtype=np.float32),
+        normals=np.ascontiguousarray(mesh.normals[first][vmapping], dtype=np.float32),
+        faces=new_faces,
+        uv=uv,
+        base_color_image=None,
+    )
+
+
+def unwrap(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unwrap a triangle mesh with xatlas, isolated in a child process.
+
+    vertices: (V, 3) float; faces: (F, 3) int. Returns vmapping (N,) int64 (new vertex ->
+    input vertex), faces (F, 3) int32 into the new vertices, uv (N, 2) float32 in [0, 1].
+    A crash is retried on jittered copies; UnwrapError if every attempt fails."""
+    vertices = np.asarray(vertices, dtype=np.float64)
+    faces = np.asarray(faces)
+    _check_input(vertices, faces)
+    edge = _median_edge(vertices, faces)
+    rng = np.random.default_rng(0)
+    failures = []
+    for attempt, jitter in enumerate(JITTERS):
+        moved = vertices if jitter == 0 else vertices + rng.normal(0.0, jitter * edge, vertices.shape)
+        try:
+            return _run_worker(moved, faces)
+        except _WorkerFailure as failure:
+            failures.append(str(failure))
+            if attempt + 1 < len(JITTERS):
+                log.warning(f"xatlas {failure} on {len(faces)} faces; retrying on a slightly jittered copy")
+    raise UnwrapError(
+        f"xatlas could not unwrap the mesh ({len(faces)} faces) in {len(JITTERS)} attempts ({failures[-1]}); "
+        "remesh or simplify it, or pass --keep-uv if it has usable UVs"
+    )
+
+
+class _WorkerFailure(Exception):
+    """One failed attempt of the xatlas child process."""
+
+
+def _check_input(vertices: np.ndarray, faces: np.ndarray) -> None:
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or not np.isfinite(vertices).all():
+        raise UnwrapError(f"unwrap needs finite (V, 3) vertices, got shape {vertices.shape}")
+    if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
+        raise UnwrapError(f"unwrap needs a non-empty (F, 3) face array, got shape {faces.shape}")
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise UnwrapError("unwrap got face indices outside the vertex array")
+
+
+def _median_edge(vertices: np.ndarray, faces: np.ndarray) -> float:
+    sample = faces[:: max(1, len(faces) // 10000)]
+    lengths = np.linalg.norm(vertices[sample[:, 1]] - vertices[sample[:, 0]], axis=1)
+    positive = lengths[lengths > 0]
+    if len(positive):
+        return float(np.median(positive))
+    return float(np.ptp(vertices, axis=0).max()) * 1e-3
+
+
+def _surface_area(vertices: np.ndarray, faces: np.ndarray) -> float:
+    a, b, c = (vertices[faces[:, i]] for i in range(3))
+    return float(np.linalg.norm(np.cross(b - a, c - a), axis=1).sum() / 2)
+
+
+def _timeout(faces: int) -> float:
+    """Generous wall-clock limit for one attempt: xatlas needs about a minute per 100k faces
+    on a slow CPU, so this only catches hangs."""
+    return 300.0 + faces / 250.0
+
+
+def _run_worker(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One xatlas run in a child process; _WorkerFailure if it crashes, fails or misbehaves."""
+    with tempfile.TemporaryDirectory(prefix="csd-xatlas-") as folder:
+        source, target = Path(folder, "in.npz"), Path(folder, "out.npz")
+        np.savez(
+            source,
+            vertices=vertices.astype(np.float32),
+            faces=faces.astype(np.uint32),
+            padding=PADDING,
+            resolution=RESOLUTION,
+            max_chart_area=_surface_area(vertices, faces) * MAX_CHART_FRACTION,
+        )
+        command = [sys.executable, "-c", _BOOTSTRAP, str(_WORKER), str(source), str(target)]
+        try:
+            done = subprocess.run(command, capture_output=True, timeout=_timeout(len(faces)), check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise _WorkerFailure(f"timed out after {exc.timeout:.0f} s") from exc
+        if done.returncode != 0:
+            raise _WorkerFailure(_describe_exit(done.returncode, done.stderr))
+        with np.load(target) as result:
+            return _checked_result(result, len(vertices), len(faces))
+
+
+def _describe_exit(code: int, stderr: bytes) -> str:
+    if code < 0:
+        try:
+            return f"crashed ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"crashed (signal {-code})"
+    lines = stderr.decode("utf-8", "replace").strip().splitlines()
+    return f"failed (exit code {code}{': ' + lines[-1] if lines else ''})"
+
+
+def _checked_result(result: np.lib.npyio.NpzFile, vertex_count: int, face_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vmapping int64, faces int32, uv float32) after checking the worker's output."""
+    vmapping = result["vmapping"].astype(np.int64)
+    faces = result["faces"].astype(np.int64).reshape(-1, 3)
+    uv = result["uv"].astype(np.float32)
+    if int(result["atlas_count"]) != 1:
+        raise _WorkerFailure(f"produced {int(result['atlas_count'])} atlases instead of 1")
+    if len(faces) != face_count or len(uv) != len(vmapping) or faces.min() < 0 or faces.max() >= len(vmapping):
+        raise _WorkerFailure("returned inconsistent arrays")
+    if vmapping.min() < 0 or vmapping.max() >= vertex_count:
+        raise _WorkerFailure("returned a vertex mapping outside the input")
+    if not np.isfinite(uv).all() or uv.min() < -_UV_EPS or uv.max() > 1 + _UV_EPS:
+        raise _WorkerFailure("returned UVs outside [0, 1]")
+    return vmapping, faces.astype(np.int32), np.clip(uv, 0.0, 1.0)
