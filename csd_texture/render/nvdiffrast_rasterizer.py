@@ -5,7 +5,9 @@ nvdiffrast returns per pixel (u, v, z/w, triangle_id + 1) with row 0 at NDC y = 
 (`interpolate.cu`: b0 = u, b1 = v, b2 = 1 - u - v), already perspective-correct. Here the
 rows are flipped once so row 0 is the top, and the weights become our barycentrics in
 `faces` order. nvdiffrast clips triangles against the frustum where the torch backend
-drops triangles crossing w = 0; elsewhere both agree up to edge pixels.
+drops triangles crossing w = 0; elsewhere both agree up to edge pixels (nvdiffrast snaps
+coverage to 1/16 pixel and does not clamp the weights there). Triangle ids travel as
+float32, exact below 2**24 faces.
 """
 from __future__ import annotations
 
