@@ -215,6 +215,7 @@ _OBJ_FACE = re.compile(rb"^[ \t]*f[ \t]", re.MULTILINE)
 _OBJ_SHORT_FACE = re.compile(rb"^[ \t]*f(?:[ \t]+[^ \t\r\n]+){0,2}[ \t]*\r?$", re.MULTILINE)
 _OBJ_VERTEX = re.compile(rb"^[ \t]*v[ \t]", re.MULTILINE)
 _OBJ_NONFINITE_VERTEX = re.compile(rb"^[ \t]*v[ \t].*(?:nan|inf).*$", re.MULTILINE | re.IGNORECASE)
+_OBJ_NEGATIVE_FACE = re.compile(rb"^[ \t]*f[ \t][^\n]*-\d", re.MULTILINE)
 
 
 def _prepare_obj(data: bytes, label: str, resolver: _FolderResolver) -> bytes:
@@ -232,7 +233,31 @@ def _prepare_obj(data: bytes, label: str, resolver: _FolderResolver) -> bytes:
     bad_colours = _count_nonfinite_obj_colours(data)
     if bad_colours:
         log.warning(f"{label}: {bad_colours} vertex colour(s) are NaN/inf; ignored (vertex colours are not used)")
+    if _OBJ_NEGATIVE_FACE.search(data):
+        data = _absolute_obj_indices(data)
     return data
+
+
+def _absolute_obj_indices(data: bytes) -> bytes:
+    """Rewrite negative (relative) face indices as absolute ones.
+
+    An OBJ index -1 means the latest vertex *so far*; trimesh counts from the end of the file."""
+    counts = {b"v": 0, b"vt": 0, b"vn": 0}
+    lines = data.splitlines(keepends=True)
+    for number, line in enumerate(lines):
+        words = line.split()
+        if not words:
+            continue
+        if words[0] in counts:
+            counts[words[0]] += 1
+        elif words[0] == b"f" and b"-" in line:
+            corners = [word.split(b"/") for word in words[1:]]
+            for corner in corners:
+                for slot, (index, kind) in enumerate(zip(corner, (b"v", b"vt", b"vn"))):
+                    if index.startswith(b"-") and index[1:].isdigit():
+                        corner[slot] = b"%d" % (counts[kind] + 1 + int(index))
+            lines[number] = b" ".join([b"f"] + [b"/".join(c) for c in corners]) + b"\n"
+    return b"".join(lines)
 
 
 def _count_nonfinite_obj_colours(data: bytes) -> int:
@@ -508,7 +533,8 @@ def _flatten_scene(scene: trimesh.Scene, label: str, default_name: str) -> list[
 def _world_part(mesh: trimesh.Trimesh, transform: np.ndarray, name: str) -> _Part:
     """A part in world space; faces flipped under mirroring transforms to keep their facing."""
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    vertices = vertices @ transform[:3, :3].T + transform[:3, 3]
+    with np.errstate(invalid="ignore"):  # NaN vertices are dealt with later
+        vertices = vertices @ transform[:3, :3].T + transform[:3, 3]
     faces = np.asarray(mesh.faces, dtype=np.int64)
     if np.linalg.det(transform[:3, :3]) < 0:
         faces = faces[:, ::-1]
