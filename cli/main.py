@@ -157,23 +157,32 @@ def main() -> None:
               help="Output file: .glb (embedded), .gltf (+.bin and PNGs) or .obj (+.mtl and PNGs).")
 @click.option("--save-maps", type=click.Path(file_okay=False, path_type=Path),
               help="Also write basecolor/roughness/metallic/orm PNG maps into this folder.")
+@click.option("--preview", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a PNG contact sheet: 8 views around the mesh, lit and albedo only.")
+@click.option("--turntable", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a turntable animation: .gif, or .mp4 (needs `pip install imageio-ffmpeg`).")
 @settings_options
 @common_options
-def texture(mesh: Path, prompt: str, output: Path, save_maps: Path | None, config_file: Path | None,
-            preset: str, quiet: bool, verbose: bool, **options: Any) -> None:
+def texture(mesh: Path, prompt: str, output: Path, save_maps: Path | None, preview: Path | None,
+            turntable: Path | None, config_file: Path | None, preset: str, quiet: bool, verbose: bool,
+            **options: Any) -> None:
     """Texture MESH (OBJ, glTF/GLB, PLY, STL, OFF) towards PROMPT and write --output."""
     setup_logging(quiet, verbose)
 
     def action() -> None:
         from csd_texture.api import texture_mesh
         from csd_texture.export import save_maps as write_maps
+        from csd_texture.preview import check_preview_paths, write_previews
 
         config = build_config(config_file, preset, {**options, "prompt": prompt})
+        check_preview_paths(preview, turntable)  # e.g. .mp4 without its encoder: say so before the run
         result = texture_mesh(mesh, output=output, config=config, progress=not quiet)
         if save_maps is not None:
             save_maps.mkdir(parents=True, exist_ok=True)
             write_maps(result.maps, save_maps, bits=config.map_bits)
-        log.info("wrote %s (%.1f s)", output, sum(result.timings.values()))
+        write_previews(result.mesh, result.maps, preview, turntable, config.renderer, config.device)
+        log.info("done in %.1f s (%s)", sum(result.timings.values()),
+                 ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
 
     run_safely(verbose, action)
 
