@@ -40,3 +40,17 @@ def tiny_guidance(tiny_model_dir: str):
     from csd_texture.guidance.csd import CSDGuidance
 
     return CSDGuidance.from_pretrained(tiny_model_dir)
+
+
+# --- a real textured output (previews, seams, round trip) ----------------------------
+@pytest.fixture(scope="session")
+def tiny_textured_fuze(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFactory):
+    """TextureResult of the real pipeline (tiny model, 2 steps) on fuze.obj, saved as GLB."""
+    from pathlib import Path
+
+    from csd_texture import texture_mesh
+
+    fuze = Path(__file__).parent / "data" / "meshes" / "good" / "fuze.obj"
+    out = tmp_path_factory.mktemp("textured-fuze") / "fuze.glb"
+    return texture_mesh(fuze, "a red soda bottle", out, model=tiny_model_dir, steps=2, texture_size=64,
+                        render_size=64, progress=False)
