@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 
 PADDING = 2  # texels between charts, at the atlas resolution below
 RESOLUTION = 1024  # atlas size xatlas aims at (padding is relative to it)
-MAX_CHART_FRACTION = 1 / 16  # no chart larger than this share of the surface (bounds xatlas' time)
+MAX_CHART_FRACTION = 1 / 16  # no chart larger than this share of the surface ...
+MAX_CHART_FACES = 2000  # ... or than the area of this many average faces (xatlas slows down
+# sharply on big charts: a 6-times subdivided sphere takes 4x longer with 22 charts than with 340)
+CHUNK_FACES = 50_000  # bigger meshes are cut into spatial chunks that xatlas charts in parallel
 JITTERS = (0.0, 1e-2, 5e-2)  # per attempt, as a fraction of the median edge length
 MIN_INSIDE = 0.95  # keep source UVs only if this share of them lies in [0, 1]
 MAX_DEGENERATE = 0.1  # ... and at most this share of faces has zero area in UV space
@@ -136,6 +139,26 @@ def _surface_area(vertices: np.ndarray, faces: np.ndarray) -> float:
     return float(np.linalg.norm(np.cross(b - a, c - a), axis=1).sum() / 2)
 
 
+def _chunk_labels(vertices: np.ndarray, faces: np.ndarray, size: int) -> np.ndarray:
+    """(F,) int32 chunk of each face: recursive median splits of face centres along the
+    longest axis until no chunk has more than `size` faces."""
+    labels = np.zeros(len(faces), dtype=np.int32)
+    if len(faces) <= size:
+        return labels
+    centres = vertices[faces].mean(axis=1)
+    pending, count = [np.arange(len(faces))], 0
+    while pending:
+        ids = pending.pop()
+        if len(ids) <= size:
+            labels[ids] = count
+            count += 1
+            continue
+        points = centres[ids]
+        order = np.argsort(points[:, int(np.ptp(points, axis=0).argmax())], kind="stable")
+        pending += [ids[order[: len(ids) // 2]], ids[order[len(ids) // 2 :]]]
+    return labels
+
+
 def _timeout(faces: int) -> float:
     """Generous wall-clock limit for one attempt: xatlas needs about a minute per 100k faces
     on a slow CPU, so this only catches hangs."""
@@ -150,9 +173,10 @@ def _run_worker(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np
             source,
             vertices=vertices.astype(np.float32),
             faces=faces.astype(np.uint32),
+            chunks=_chunk_labels(vertices, faces, CHUNK_FACES),
             padding=PADDING,
             resolution=RESOLUTION,
-            max_chart_area=_surface_area(vertices, faces) * MAX_CHART_FRACTION,
+            max_chart_area=_surface_area(vertices, faces) * min(MAX_CHART_FRACTION, MAX_CHART_FACES / len(faces)),
         )
         command = [sys.executable, "-c", _BOOTSTRAP, str(_WORKER), str(source), str(target)]
         try:

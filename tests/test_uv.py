@@ -192,16 +192,19 @@ def test_worker_errors_and_hangs_become_unwrap_error(tmp_path, monkeypatch):
         unwrap(box.vertices, box.faces)
 
 
-@pytest.mark.slow
-def test_icosphere_that_crashes_xatlas_unwraps(caplog):
-    """xatlas 0.0.11 segfaults on an exact 6-times subdivided icosphere; the retry must succeed."""
+@pytest.mark.parametrize("chunk_faces", [uv_module.CHUNK_FACES, 10**9])
+def test_icosphere_that_crashes_xatlas_unwraps(monkeypatch, caplog, chunk_faces):
+    """xatlas 0.0.11 segfaults on an exact 6-times subdivided icosphere given as one mesh;
+    the retry on a jittered copy must succeed (and chunking must not break either)."""
+    monkeypatch.setattr(uv_module, "CHUNK_FACES", chunk_faces)
     sphere = trimesh.creation.icosphere(subdivisions=6)
     caplog.set_level(logging.WARNING)
     mesh = prepare_uv(load_mesh(sphere, name="ico6"))
     assert mesh.num_faces == len(sphere.faces)
     assert 0.0 <= mesh.uv.min() and mesh.uv.max() <= 1.0
     assert (np.abs(_uv_areas(mesh.uv, mesh.faces)) > 0).mean() > 0.999
-    assert all("retrying on a slightly jittered copy" in m for m in caplog.messages)
+    assert all(m == "xatlas crashed (SIGSEGV) on 81920 faces; retrying on a slightly jittered copy"
+               for m in caplog.messages)
 
 
 def test_many_disconnected_parts_unwrap():
@@ -217,3 +220,15 @@ def test_many_disconnected_parts_unwrap():
     assert 0.0 <= mesh.uv.min() and mesh.uv.max() <= 1.0
     areas = np.abs(_uv_areas(mesh.uv, mesh.faces))
     assert (areas > 0).all() and areas.sum() < 1.0
+
+
+def test_big_meshes_are_unwrapped_in_chunks(monkeypatch):
+    monkeypatch.setattr(uv_module, "CHUNK_FACES", 300)
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    vertices = sphere.vertices + np.random.default_rng(0).normal(0, 1e-3, sphere.vertices.shape)
+    labels = uv_module._chunk_labels(vertices, sphere.faces, 300)
+    assert labels.max() + 1 == 8 and np.bincount(labels).max() <= 300  # 1280 faces -> 8 chunks of 160
+    vmapping, faces, uv = unwrap(vertices, sphere.faces)
+    np.testing.assert_array_equal(vertices[vmapping][faces], vertices[sphere.faces])
+    assert _coverage(uv, faces, 256).max() == 1
+    assert 0.3 < np.abs(_uv_areas(uv, faces)).sum() < 1.0
