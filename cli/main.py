@@ -100,6 +100,15 @@ def settings_options(func: Callable) -> Callable:
         click.option("--up-axis", type=click.Choice(["x", "y", "z", "-x", "-y", "-z"]),
                      help="Which way is up for view-dependent prompts [default: from the format]."),
         click.option("--map-bits", type=click.Choice(["8", "16"]), help="Bit depth of --save-maps PNGs."),
+        click.option("--timestep-range", help="Diffusion timesteps as fractions: LOW,HIGH or LOW,HIGH_START,HIGH_END "
+                     "(the top of the range falls over the run) [default: 0.02,0.98,0.5]."),
+        click.option("--edit", is_flag=True, default=None,
+                     help="Edit the mesh's existing base colour texture (on its own UVs) instead of starting "
+                          "blank; runs half the preset's steps unless --steps is given."),
+        click.option("--source-prompt", help="With --edit: what the existing texture shows (kept out as the "
+                     "negative prompt)."),
+        click.option("--edit-strength", type=click.FloatRange(0.0, 1.0),
+                     help="With --edit: 0 stays close to the original, 1 changes freely [default: 0.5]."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -133,7 +142,24 @@ def build_config(config_file: Path | None, preset_name: str, options: dict[str, 
     }
     if options.get("negative_weight"):
         changes["negative_weight"] = Schedule.parse(options["negative_weight"])
+    if options.get("timestep_range"):
+        changes["timestep_min"], changes["timestep_max"] = parse_timestep_range(options["timestep_range"])
+    if options.get("edit"):
+        changes.update(edit=True, source_prompt=options.get("source_prompt"), edit_strength=options.get("edit_strength"))
+        if options.get("steps") is None and not config_file:
+            changes["steps"] = max(1, config.steps // 2)
     return config.updated(**changes)
+
+
+def parse_timestep_range(text: str) -> tuple[Schedule, Schedule]:
+    """`LOW,HIGH` or `LOW,HIGH_START,HIGH_END` -> (timestep_min, timestep_max) schedules."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (2, 3):
+        raise click.BadParameter(f"{text!r}: expected LOW,HIGH or LOW,HIGH_START,HIGH_END", param_hint="--timestep-range")
+    return Schedule(values[0], values[0]), Schedule(values[1], values[-1])
 
 
 @click.group(cls=DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,10 +12,10 @@ import torch
 import trimesh
 
 from .bake import bake_maps
-from .config import Config
+from .config import Config, edit_settings
 from .datatypes import MeshData, StepRecord, TextureResult
 from .devices import resolve_device
-from .errors import ConfigError, ExportError
+from .errors import ConfigError, ExportError, MeshValidationError
 from .export import SUPPORTED_SUFFIXES, check_not_overwriting
 from .guidance.csd import CSDGuidance
 from .mesh_io import load_mesh
@@ -23,7 +23,8 @@ from .optimize import CSDObjective, Objective, optimize
 from .render.rasterizer import get_rasterizer
 from .render.views import Surface
 from .texture import make_texture
-from .uv import prepare_uv
+from .render.shading import srgb_to_linear
+from .uv import prepare_uv, uv_problem
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
     Writes `output` (.glb, .gltf or .obj) when given; returns the maps, mesh, history and record.
     """
     config = (config or Config()).updated(prompt=prompt, **settings)
+    if config.edit:
+        config = edit_settings(config)
     if not config.prompt.strip() and objective is None:
         raise ConfigError("a prompt is required: describe the texture, e.g. \"a wooden chair\"")
     output = _check_output(output, mesh)
@@ -47,6 +50,8 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
     device = resolve_device(config.device)
     with _timed(timings, "load"):
         data = load_mesh(mesh, up_axis=config.up_axis)
+    if config.edit:
+        _check_editable(data)
     with _timed(timings, "unwrap"):
         data = prepare_uv(data, keep_uv=config.keep_uv)
     if objective is None:
@@ -57,6 +62,8 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
     rasterizer = get_rasterizer(config.renderer, device)
     surface = Surface.from_mesh(data, device)
     texture = make_texture(config.texture, config.texture_size, config.seed).to(device)
+    if config.edit:
+        texture.initialise_albedo(srgb_to_linear(torch.from_numpy(data.base_color_image)).to(device))
     with _timed(timings, "optimize"), _progress_bar(config.steps, progress) as on_step:
         history = optimize(texture, surface, rasterizer, objective, config, data.up_axis, on_step)
     with _timed(timings, "bake"), torch.no_grad():
@@ -94,6 +101,14 @@ def run_record(config: Config, timings: dict[str, float], device: torch.device, 
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+
+
+def _check_editable(mesh: MeshData) -> None:
+    """Editing starts from the mesh's own base colour image on its own UVs: both must be usable."""
+    problem = "it has no base colour texture" if mesh.base_color_image is None else uv_problem(mesh)
+    if problem is not None:
+        raise MeshValidationError(f"{mesh.name}: cannot edit this mesh's texture: {problem}; "
+                                  "texture it without --edit instead")
 
 
 def _check_output(output: str | Path | None, source: MeshSource) -> Path | None:

@@ -77,6 +77,9 @@ class Config:
     unlit_fraction: float = 0.25
     pad_texels: int = 16
     map_bits: int = 8
+    edit: bool = False  # start from the mesh's own base colour texture (text-guided editing)
+    source_prompt: str = ""  # what the existing texture shows; the negative prompt when editing
+    edit_strength: float = 0.5  # 0: stay close to the original ... 1: change freely
 
     def __post_init__(self) -> None:
         for name in ("negative_weight", "timestep_min", "timestep_max"):
@@ -100,6 +103,7 @@ class Config:
              f"renderer must be auto, torch or nvdiffrast, got {self.renderer!r}"),
             (self.map_bits in (8, 16), f"map_bits must be 8 or 16, got {self.map_bits}"),
             (0.0 <= self.unlit_fraction <= 1.0, "unlit_fraction must be within [0, 1]"),
+            (0.0 <= self.edit_strength <= 1.0, f"edit_strength must be within [0, 1], got {self.edit_strength}"),
             (all(0.0 <= s.start <= 1.0 and 0.0 <= s.end <= 1.0 for s in (self.timestep_min, self.timestep_max)),
              "timestep range values are fractions of the schedule and must be within [0, 1]"),
         ]
@@ -126,6 +130,22 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Config":
         return cls().updated(**data)
+
+
+def edit_settings(config: Config) -> Config:
+    """Settings for text-guided editing, as the CSD paper edits: the source description as the
+    negative prompt, a lower timestep range and fewer steps, scaled by `edit_strength`.
+    Editing keeps the mesh's own UVs and a UV image texture."""
+    strength = config.edit_strength
+    return config.updated(
+        keep_uv=True,
+        texture="image",
+        negative_prompt=config.source_prompt or config.negative_prompt,
+        negative_weight=Schedule(1.0, 1.0),
+        timestep_min=Schedule(0.02, 0.02),
+        timestep_max=Schedule(0.2 + 0.6 * strength, 0.1 + 0.4 * strength),
+        learning_rate=config.learning_rate * (0.25 + 0.75 * strength),
+    )
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -57,9 +57,9 @@ class CSDGuidance:
         self.device = torch.device(device)
         self.dtype = dtype
         self.name = name
-        self.unet = unet.to(self.device, dtype).eval().requires_grad_(False)
-        self.vae = vae.to(self.device, dtype).eval().requires_grad_(False)
-        self.text_encoder = text_encoder.to(self.device, dtype).eval().requires_grad_(False)
+        self.unet = _frozen(unet, self.device, dtype)
+        self.vae = _frozen(vae, self.device, dtype)
+        self.text_encoder = _frozen(text_encoder, self.device, dtype)
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self.alphas_cumprod = scheduler.alphas_cumprod.to(self.device, torch.float32)
@@ -170,6 +170,14 @@ class CSDGuidance:
         target = (latents - grad).detach()
         loss = 0.5 * ((latents - target) ** 2).sum() / latents.shape[0]
         return GuidanceOutput(loss=loss, timestep=timestep, negative_weight=negative_weight)
+
+
+def _frozen(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The module on `device` in `dtype` (cast only when needed), in eval mode, without gradients."""
+    module = module.to(device)
+    if next(module.parameters()).dtype != dtype:
+        module = module.to(dtype)
+    return module.eval().requires_grad_(False)
 
 
 MODEL_FILES = [

@@ -1,0 +1,50 @@
+"""Text-guided editing: starts from the mesh's own texture on its own UVs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from csd_texture import texture_mesh
+from csd_texture.config import Config, edit_settings
+from csd_texture.errors import MeshValidationError
+from csd_texture.mesh_io import load_mesh
+from csd_texture.render.shading import srgb_to_linear
+
+FUZE = Path(__file__).parent / "data" / "meshes" / "good" / "fuze.obj"
+
+
+def test_edit_keeps_uvs_and_starts_exactly_from_the_texture(tiny_model_dir: str) -> None:
+    source = load_mesh(FUZE)
+    result = texture_mesh(FUZE, "a blue can", edit=True, source_prompt="a fuze drink can", steps=0,
+                          texture_size=1024, model=tiny_model_dir, progress=False)  # the image's own size
+    np.testing.assert_array_equal(result.mesh.uv, source.uv)
+    np.testing.assert_array_equal(result.mesh.faces, source.faces)
+    expected = srgb_to_linear(torch.from_numpy(source.base_color_image))
+    covered = result.maps.coverage
+    assert covered.mean() > 0.05  # fuze's label uses an eighth of its image
+    np.testing.assert_allclose(result.maps.albedo[covered], expected.numpy()[covered], atol=2e-3)
+
+
+def test_edit_settings_follow_the_paper() -> None:
+    gentle = edit_settings(Config(edit=True, source_prompt="a red car", edit_strength=0.0))
+    strong = edit_settings(Config(edit=True, source_prompt="a red car", edit_strength=1.0))
+    assert gentle.negative_prompt == "a red car" and gentle.keep_uv and gentle.texture == "image"
+    assert gentle.timestep_max.start < strong.timestep_max.start <= 0.8
+    assert gentle.learning_rate < strong.learning_rate
+
+
+def test_edit_moves_the_texture_when_steps_run(tiny_model_dir: str) -> None:
+    result = texture_mesh(FUZE, "a blue can", edit=True, steps=3, texture_size=128, render_size=64,
+                          model=tiny_model_dir, progress=False)
+    start = texture_mesh(FUZE, "a blue can", edit=True, steps=0, texture_size=128, model=tiny_model_dir,
+                         progress=False)
+    assert np.abs(result.maps.albedo - start.maps.albedo).max() > 1e-4
+
+
+def test_edit_needs_a_textured_mesh(tiny_model_dir: str) -> None:
+    with pytest.raises(MeshValidationError, match="cannot edit this mesh's texture: it has no base colour texture"):
+        texture_mesh(trimesh.creation.box(), "a blue box", edit=True, steps=0, model=tiny_model_dir, progress=False)
