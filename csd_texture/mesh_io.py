@@ -135,14 +135,13 @@ def _load_file(path: Path, label: str) -> trimesh.Scene:
     if not data.strip():
         raise MeshLoadError(f"{label}: file is empty")
     resolver = _FolderResolver(path.absolute().parent, label)
-    data = _PREPARE[ext](data, label, resolver)
     try:
-        scene = trimesh.load_scene(io.BytesIO(data), file_type=ext[1:], resolver=resolver, process=False)
+        data = _PREPARE[ext](data, label, resolver)
+        return trimesh.load_scene(io.BytesIO(data), file_type=ext[1:], resolver=resolver, process=False)
     except CSDTextureError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parser failure means a corrupt file
         raise MeshLoadError(f"{label}: cannot parse {_FORMAT_NAMES[ext]} file ({_one_line(exc)})") from exc
-    return scene
 
 
 def _one_line(exc: BaseException) -> str:
@@ -582,9 +581,11 @@ def _build_mesh_data(parts: list[_Part], label: str, name: str, up: tuple[float,
         log.warning(f"{label}: removed {unreferenced} unreferenced vertices")
     faces = _fix_winding(normalised, faces, label)
     normalised, faces, uv, groups = _compact(normalised, faces, uv, groups)
+    centre_again, half_again = _box(normalised)  # dropped faces may have shrunk the box
+    normalised = (normalised - centre_again) / half_again
     to_source = np.eye(4)
-    to_source[:3, :3] *= half
-    to_source[:3, 3] = centre
+    to_source[:3, :3] *= half * half_again
+    to_source[:3, 3] = centre + centre_again * half
     return MeshData(
         vertices=normalised.astype(np.float32),
         faces=faces.astype(np.int32),
@@ -645,14 +646,19 @@ def _drop_nonfinite(vertices: np.ndarray, faces: np.ndarray, label: str) -> np.n
     return faces[~touched]
 
 
+def _box(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre and half of the longest side of the points' bounding box."""
+    low, high = points.min(axis=0), points.max(axis=0)
+    return (low + high) / 2.0, float((high - low).max()) / 2.0
+
+
 def _bounds(vertices: np.ndarray, faces: np.ndarray, label: str) -> tuple[np.ndarray, float]:
-    """Centre and half of the longest side of the referenced vertices' bounding box."""
+    """_box of the vertices faces use; refuses a mesh of zero extent."""
     used = vertices[_used(faces, len(vertices))]
-    low, high = used.min(axis=0), used.max(axis=0)
-    half = float((high - low).max()) / 2.0
+    centre, half = _box(used)
     if not half > 1e-12 * max(1.0, float(np.abs(used).max())):
         raise MeshValidationError(f"{label}: all {len(faces)} faces are degenerate (zero area); nothing to texture")
-    return (low + high) / 2.0, half
+    return centre, half
 
 
 def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

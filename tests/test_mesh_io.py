@@ -825,3 +825,27 @@ def test_inputs_never_modified(tmp_path):
         load_mesh(folder / name)
     assert _digest(folder) == before
     assert sorted(p.name for p in folder.iterdir()) == sorted(Path(p).name for p in before)
+
+
+@pytest.mark.parametrize("header", [
+    {"asset": {"version": "2.0"}, "meshes": "nonsense"},
+    {"asset": {"version": "2.0"}, "meshes": [{"primitives": [{"attributes": {"POSITION": 7}}]}]},
+    {"asset": {"version": "2.0"}, "buffers": [{"uri": 5}], "meshes": [{"primitives": [{"attributes": {}}]}]},
+])
+def test_corrupt_gltf_structure_refused(tmp_path, header):
+    path = tmp_path / "corrupt.gltf"
+    path.write_text(json.dumps(header))
+    message = _refused(path, MeshLoadError, "")
+    assert "corrupt" in message or "cannot parse glTF file" in message
+
+
+def test_box_is_exact_after_dropping_faces(tmp_path):
+    """A dropped face's far vertex must not leave the result off-centre or smaller than 2."""
+    box = trimesh.creation.box()
+    vertices = np.vstack([box.vertices, [[100, 0, 0], [100, 0, 0.0]]])
+    faces = np.vstack([box.faces, [[0, 8, 9]]])  # degenerate sliver reaching x = 100
+    path = tmp_path / "sliver.ply"
+    trimesh.Trimesh(vertices, faces, process=False).export(path)
+    data = load_mesh(path)
+    _assert_normalised(data)
+    _assert_placement(data, np.asarray(box.vertices))
