@@ -10,14 +10,7 @@ import trimesh
 
 from csd_texture import texture_mesh
 from csd_texture.errors import ConfigError, InputError
-from csd_texture.mesh_io import load_mesh
-from csd_texture.optimize import PhotometricObjective
-from csd_texture.render.rasterizer import get_rasterizer
-from csd_texture.render.views import Surface, render_views
-from csd_texture.cameras import orbit_cameras, bounding_radius
-from csd_texture.lighting import fixed_lighting
-from csd_texture.texture import ImageTexture
-from csd_texture.uv import prepare_uv
+from csd_texture.evaluation import texture_recovery
 
 DATA = Path(__file__).parent / "data" / "meshes" / "good"
 FUZE = DATA / "fuze.obj"
@@ -56,35 +49,17 @@ def test_prompt_and_output_are_checked_before_work(tiny_model_dir: str, tmp_path
     assert copy.read_bytes() == before
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
-    mse = ((a - b) ** 2 * mask).sum() / (mask.sum() * a.shape[-1])
-    return float(10 * torch.log10(1.0 / mse))
-
-
-def test_texture_recovery_reaches_25_db_on_held_out_views(tmp_path: Path) -> None:
+def test_texture_recovery_reaches_25_db_on_held_out_views() -> None:
     """Photometric objective from renders of fuze.obj's own texture: the exported GLB, read back and
     rendered from views never used in optimisation, must reproduce the original (PSNR >= 25 dB).
-    The optimised texture lives on xatlas UVs, the reference on the source UVs, so this checks
-    render -> unwrap -> optimise -> bake -> export -> load end to end."""
-    rasterizer = get_rasterizer("torch")
-    source = load_mesh(FUZE)
-    reference = ImageTexture.from_srgb(source.base_color_image)
-    ref_surface = Surface.from_mesh(source, "cpu")
-    objective = PhotometricObjective(ref_surface, reference, rasterizer)
-    out = tmp_path / "fuze.glb"
-    result = texture_mesh(FUZE, output=out, objective=objective, steps=150, texture_size=256, render_size=128,
-                          views_per_step=2, learning_rate=0.05, unlit_fraction=0.5, progress=False)
-    assert result.history[-1].loss < result.history[0].loss / 5
+    The optimised texture lives on xatlas UVs, the reference on the source UVs."""
+    result = texture_recovery(FUZE, steps=120, texture_size=256, views_per_step=2, learning_rate=0.05,
+                              unlit_fraction=0.5)
+    print(f"texture recovery PSNR on held-out views: {result.psnr_db:.2f} dB")
+    assert result.last_loss < result.first_loss / 5
+    assert result.psnr_db >= 25.0
 
-    readback = load_mesh(out)
-    assert readback.base_color_image is not None and readback.uv is not None
-    np.testing.assert_allclose(readback.vertices.min(0), source.vertices.min(0), atol=1e-4)
-    cams = orbit_cameras(6, 128, bounding_radius(ref_surface.vertices), elevation=35.0)  # held out
-    light = fixed_lighting(cams, unlit=True)
-    grey = torch.full((6, 3), 0.5)
-    want = render_views(ref_surface, reference, cams, light, rasterizer, grey)
-    got = render_views(Surface.from_mesh(readback, "cpu"), ImageTexture.from_srgb(readback.base_color_image),
-                       cams, light, rasterizer, grey)
-    value = psnr(got.image, want.image, want.mask)
-    print(f"texture recovery PSNR on held-out views: {value:.2f} dB")
-    assert value >= 25.0
+
+def test_recovery_fails_without_optimisation() -> None:
+    """The same measurement on an untrained texture is far below the bar (the check can fail)."""
+    assert texture_recovery(FUZE, steps=0, texture_size=64).psnr_db < 15.0
