@@ -8,7 +8,7 @@ IN.npz: vertices (V, 3) float32, faces (F, 3) uint32, chunks (F,) int32 (faces o
 are unwrapped as one xatlas mesh, so chunks are charted in parallel and packed together),
 and the scalar options padding, resolution, max_chart_area.
 OUT.npz: vmapping (N,) int64, faces (F, 3) int64 in input face order, uv (N, 2) float32 in
-[0, 1], atlas_count.
+[0, 1], atlas_count, peak_rss_mb (this process's peak memory, 0 where unknown).
 """
 import sys
 
@@ -46,8 +46,20 @@ def main(source: str, target: str) -> int:
         uv.append(piece_uv)
         offset += len(piece_vmapping)
     np.savez(target, vmapping=np.concatenate(vmapping), faces=out_faces, uv=np.concatenate(uv),
-             atlas_count=atlas.atlas_count)
+             atlas_count=atlas.atlas_count, peak_rss_mb=peak_rss_mb())
     return 0
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since exec (Linux), else 0."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 if __name__ == "__main__":

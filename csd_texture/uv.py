@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,14 +73,17 @@ def uv_problem(mesh: MeshData) -> str | None:
 
 
 def _unwrapped(mesh: MeshData) -> MeshData:
-    """Weld vertices at identical positions (better charts), unwrap, re-index."""
-    vertices, first, inverse = np.unique(mesh.vertices, axis=0, return_index=True, return_inverse=True)
+    """Weld vertices with identical position and normal (old UV seams would cut charts),
+    unwrap, re-index."""
+    _, first, inverse = np.unique(np.hstack([mesh.vertices, mesh.normals]), axis=0, return_index=True,
+                                  return_inverse=True)
     faces = inverse.reshape(-1)[mesh.faces]
-    vmapping, new_faces, uv = unwrap(vertices, faces)
+    vmapping, new_faces, uv = unwrap(mesh.vertices[first], faces)
+    keep = first[vmapping]
     return dataclasses.replace(
         mesh,
-        vertices=np.ascontiguousarray(vertices[vmapping], dtype=np.float32),
-        normals=np.ascontiguousarray(mesh.normals[first][vmapping], dtype=np.float32),
+        vertices=np.ascontiguousarray(mesh.vertices[keep], dtype=np.float32),
+        normals=np.ascontiguousarray(mesh.normals[keep], dtype=np.float32),
         faces=new_faces,
         uv=uv,
         base_color_image=None,
@@ -179,6 +183,7 @@ def _run_worker(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np
             max_chart_area=_surface_area(vertices, faces) * min(MAX_CHART_FRACTION, MAX_CHART_FACES / len(faces)),
         )
         command = [sys.executable, "-c", _BOOTSTRAP, str(_WORKER), str(source), str(target)]
+        start = time.perf_counter()
         try:
             done = subprocess.run(command, capture_output=True, timeout=_timeout(len(faces)), check=False)
         except subprocess.TimeoutExpired as exc:
@@ -186,7 +191,15 @@ def _run_worker(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np
         if done.returncode != 0:
             raise _WorkerFailure(_describe_exit(done.returncode, done.stderr))
         with np.load(target) as result:
-            return _checked_result(result, len(vertices), len(faces))
+            checked = _checked_result(result, len(vertices), len(faces))
+            peak_mb = float(result["peak_rss_mb"])
+        seconds = time.perf_counter() - start
+        log.debug(
+            f"xatlas unwrapped {len(faces)} faces into {len(checked[0])} vertices in {seconds:.1f} s"
+            f" (peak memory {peak_mb:.0f} MB)",
+            extra={"unwrap_seconds": seconds, "unwrap_peak_mb": peak_mb},
+        )
+        return checked
 
 
 def _describe_exit(code: int, stderr: bytes) -> str:

@@ -232,3 +232,30 @@ def test_big_meshes_are_unwrapped_in_chunks(monkeypatch):
     np.testing.assert_array_equal(vertices[vmapping][faces], vertices[sphere.faces])
     assert _coverage(uv, faces, 256).max() == 1
     assert 0.3 < np.abs(_uv_areas(uv, faces)).sum() < 1.0
+
+
+def test_unwrap_welds_old_seams_but_keeps_hard_normals(small_textured, monkeypatch):
+    seen = []
+
+    def spy(vertices, faces):
+        seen.append(len(vertices))
+        return unwrap(vertices, faces)
+
+    monkeypatch.setattr(uv_module, "unwrap", spy)
+    # small_textured is split along its old UV seams: same positions, one normal per position
+    assert len(small_textured.vertices) > 8
+    welded = prepare_uv(small_textured)
+    assert seen == [8]  # xatlas sees the closed cube, not six loose squares
+    np.testing.assert_array_equal(welded.vertices[welded.faces], small_textured.vertices[small_textured.faces])
+    # a hand-built cube with flat normals (split per face) keeps them
+    box = trimesh.creation.box()
+    flat = dataclasses.replace(
+        small_textured,
+        vertices=box.vertices[box.faces].reshape(-1, 3).astype(np.float32),
+        faces=np.arange(36, dtype=np.int32).reshape(-1, 3),
+        normals=np.repeat(box.face_normals, 3, axis=0).astype(np.float32),
+        uv=None,
+    )
+    unwrapped = prepare_uv(flat)
+    assert seen[-1] == 24  # welded only where position and normal agree
+    np.testing.assert_array_equal(unwrapped.normals[unwrapped.faces], flat.normals[flat.faces])
