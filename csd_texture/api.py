@@ -13,7 +13,7 @@ import trimesh
 
 from .bake import bake_maps
 from .config import Config, edit_settings
-from .datatypes import MeshData, StepRecord, TextureResult
+from .datatypes import MeshData, TextureResult
 from .devices import resolve_device
 from .errors import ConfigError, ExportError, MeshValidationError
 from .export import SUPPORTED_SUFFIXES, check_not_overwriting
@@ -148,10 +148,10 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
 
     bar = tqdm(total=total, desc="texturing", unit="step", disable=not enabled, dynamic_ncols=True)
 
-    def on_step(record: StepRecord) -> None:
+    def on_step(step: int, loss: torch.Tensor) -> None:
         bar.update(1)
-        if record.step % 10 == 0 or record.step == total - 1:
-            bar.set_postfix(loss=f"{record.loss:.4g}", refresh=False)
+        if enabled and (step % 10 == 0 or step == total - 1):  # reading the loss waits for the device
+            bar.set_postfix(loss=f"{float(loss):.4g}", refresh=False)
 
     try:
         yield on_step

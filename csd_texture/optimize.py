@@ -50,11 +50,13 @@ class CSDObjective:
     def __init__(self, guidance: CSDGuidance, embeds: PromptEmbeds, config: Config) -> None:
         self.guidance, self.embeds, self.config = guidance, embeds, config
         self.use_negative = bool(config.negative_prompt.strip())
+        self.noise_generator = torch.Generator(guidance.device).manual_seed(config.seed)
 
     def __call__(self, images: torch.Tensor, views: ViewBatch, progress: float,
                  generator: torch.Generator) -> ObjectiveOutput:
         view_index = view_bucket_index(views.cameras.elevation, views.cameras.azimuth)
-        out = self.guidance(images, view_index, self.embeds, self.config, progress, generator, self.use_negative)
+        out = self.guidance(images, view_index, self.embeds, self.config, progress, generator, self.use_negative,
+                            self.noise_generator)
         return ObjectiveOutput(out.loss, out.timestep, out.negative_weight)
 
 
@@ -85,18 +87,22 @@ def sample_views(config: Config, generator: torch.Generator, radius: float,
     return ViewBatch(cameras.to(device), lighting, grey.expand(-1, 3).to(device))
 
 
-StepCallback = Callable[[StepRecord], None]
+StepCallback = Callable[[int, torch.Tensor], None]
 
 
 def optimize(texture: torch.nn.Module, surface: Surface, rasterizer: Rasterizer, objective: Objective,
              config: Config, up_axis: tuple[float, float, float] = (0.0, 1.0, 0.0),
              on_step: StepCallback | None = None) -> list[StepRecord]:
-    """Run `config.steps` Adam steps on the texture's parameters; returns the per-step history."""
+    """Run `config.steps` Adam steps on the texture's parameters; returns the per-step history.
+
+    Nothing in the loop waits for the device: losses stay on it until the end (`on_step` gets the
+    step and the loss tensor and decides itself how often to read it)."""
     device = surface.vertices.device
     generator = torch.Generator().manual_seed(config.seed)
     radius = bounding_radius(surface.vertices)
     optimizer = torch.optim.Adam(texture.parameters(), lr=config.learning_rate, betas=(0.9, 0.99), eps=1e-15)
-    history: list[StepRecord] = []
+    losses: list[torch.Tensor] = []
+    records: list[tuple[int, float, float]] = []
     start = time.perf_counter()
     for step in range(config.steps):
         progress = step / max(config.steps - 1, 1)
@@ -106,9 +112,9 @@ def optimize(texture: torch.nn.Module, surface: Surface, rasterizer: Rasterizer,
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
-        record = StepRecord(step, float(out.loss.detach()), out.timestep, out.negative_weight,
-                            time.perf_counter() - start)
-        history.append(record)
+        losses.append(out.loss.detach())
+        records.append((out.timestep, out.negative_weight, time.perf_counter() - start))
         if on_step is not None:
-            on_step(record)
-    return history
+            on_step(step, losses[-1])
+    values = torch.stack(losses).float().cpu().tolist() if losses else []
+    return [StepRecord(step, loss, t, w, elapsed) for step, (loss, (t, w, elapsed)) in enumerate(zip(values, records))]

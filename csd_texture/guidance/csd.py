@@ -152,12 +152,14 @@ class CSDGuidance:
         return self.weight(timestep) * (eps_null + scale * (eps_cond - eps_null) - noise)
 
     def __call__(self, images: torch.Tensor, view_index: torch.Tensor, embeds: PromptEmbeds, config: Config,
-                 progress: float, generator: torch.Generator, use_negative: bool) -> GuidanceOutput:
-        """The guidance loss for rendered (B, H, W, 3) sRGB images whose views are `view_index` (B,)."""
+                 progress: float, generator: torch.Generator, use_negative: bool,
+                 noise_generator: torch.Generator | None = None) -> GuidanceOutput:
+        """The guidance loss for rendered (B, H, W, 3) sRGB images whose views are `view_index` (B,).
+        Timesteps come from the CPU `generator`; noise from `noise_generator` on the model's device."""
         latents = self.encode_images(images)
         timestep = self.sample_timestep(progress, config, generator)
-        noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        noisy = self.scheduler.add_noise(latents.detach(), noise, torch.tensor([timestep]).to(self.device))
+        noise = torch.randn(latents.shape, generator=noise_generator, device=self.device)
+        noisy = self.scheduler.add_noise(latents.detach(), noise, torch.full((1,), timestep, device=self.device))
         cond = embeds.cond[view_index.to(self.device)]
         negative_weight = config.negative_weight.at(progress) if use_negative else 0.0
         if config.guidance == "sds":
