@@ -53,8 +53,10 @@ class CSDGuidance:
     """CSD (or SDS) guidance from injected diffusers components."""
 
     def __init__(self, unet, vae, scheduler, text_encoder, tokenizer, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, name: str = "") -> None:
+                 dtype: torch.dtype = torch.float32, name: str = "", batch_prompts: bool = True) -> None:
+        """`batch_prompts=False` makes one UNet call per prompt (the CSD reference code's way; benchmarks)."""
         self.device = torch.device(device)
+        self.batch_prompts = batch_prompts
         self.dtype = dtype
         self.name = name
         self.unet = _frozen(unet, self.device, dtype)
@@ -125,12 +127,16 @@ class CSDGuidance:
 
     @torch.no_grad()
     def predict_noise(self, noisy: torch.Tensor, timestep: int, embeds: list[torch.Tensor]) -> list[torch.Tensor]:
-        """eps(x_t; e) for each (B, L, D) embedding in `embeds`, in one batched UNet call."""
-        batch = noisy.shape[0]
+        """eps(x_t; e) for each (B, L, D) embedding in `embeds`: one batched UNet call, or one call
+        per embedding when `batch_prompts` is off."""
+        groups = [embeds] if self.batch_prompts else [[e] for e in embeds]
+        return [eps for group in groups for eps in self._unet_eps(noisy, timestep, group)]
+
+    def _unet_eps(self, noisy: torch.Tensor, timestep: int, embeds: list[torch.Tensor]) -> list[torch.Tensor]:
         latents = noisy.to(self.dtype).repeat(len(embeds), 1, 1, 1)
         t = torch.full((latents.shape[0],), timestep, device=self.device, dtype=torch.long)
         eps = self.unet(latents, t, encoder_hidden_states=torch.cat(embeds)).sample.float()
-        return list(eps.split(batch))
+        return list(eps.split(noisy.shape[0]))
 
     def csd_gradient(self, noisy: torch.Tensor, timestep: int, cond: torch.Tensor, negative: torch.Tensor | None,
                      null: torch.Tensor, weights: GuidanceWeights) -> torch.Tensor:
