@@ -249,5 +249,74 @@ def doctor(model: str | None, device: str, quiet: bool, verbose: bool) -> None:
     run_safely(verbose, action)
 
 
+@main.command()
+@click.argument("source", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--output-dir", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder; mirrors INPUT's tree and gets report.json.")
+@click.option("--prompt", help="Prompt for meshes without their own (a prompt.txt beside the mesh, or the "
+              "manifest's prompt column).")
+@click.option("--format", "output_format", type=click.Choice(["glb", "gltf", "obj"]), default="glb",
+              show_default=True, help="Output format.")
+@click.option("--force", is_flag=True, help="Redo assets whose output is up to date.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Worker processes, each loading the model once [default: 1, or one per --devices GPU; "
+                   "with --ray: one per GPU of the cluster, or per CPU with --device cpu].")
+@click.option("--devices", callback=lambda ctx, param, value: parse_devices(value),
+              help="GPUs for local workers, one worker each: e.g. 0,1,2,3.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run on Ray: a new local instance, or the cluster at ADDRESS (auto, HOST:PORT, "
+                   "ray://HOST:10001). Put --ray last or write --ray=ADDRESS.")
+@settings_options
+@common_options
+def batch(source: Path, output_dir: Path, prompt: str | None, output_format: str, force: bool,
+          workers: int | None, devices: list[int] | None, ray_address: str | None, config_file: Path | None,
+          preset: str, quiet: bool, verbose: bool, **options: Any) -> None:
+    """Texture every mesh of INPUT into --output-dir; prints a table and writes report.json.
+
+    \b
+    INPUT is a folder (every mesh inside, recursively; prompts from --prompt or a prompt.txt
+    beside the mesh) or a manifest: .csv or .jsonl with columns mesh, prompt and optional
+    negative_prompt, seed, output and any setting (texture_size, steps, ...).
+    Re-running skips assets whose output is up to date (--force redoes them).
+    Exit code: 0 when every asset succeeded or was up to date, 1 when any failed.
+    """
+    setup_logging(quiet, verbose)
+
+    def action() -> int:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        from csd_texture.batch import REPORT_NAME, discover_items, format_table, import_ray, texture_many
+
+        if ray_address is not None:
+            import_ray()
+        config = build_config(config_file, preset, options)
+        items = discover_items(source, output_dir, prompt, config=config, output_format=output_format)
+        results = {}
+        try:
+            with logging_redirect_tqdm():
+                for result in texture_many(items, output_dir, force=force, workers=workers,
+                                           devices=devices, ray=ray_address or False,
+                                           progress=not quiet):
+                    results[result.output] = result
+        finally:
+            if results:
+                click.echo(format_table(results[str(i.output)] for i in items if str(i.output) in results))
+        counts = {s: sum(r.status == s for r in results.values()) for s in ("succeeded", "skipped", "failed")}
+        click.echo(", ".join(f"{n} {s}" for s, n in counts.items()) + f"; report: {output_dir / REPORT_NAME}")
+        return 1 if counts["failed"] else 0
+
+    run_safely(verbose, action)
+
+
+def parse_devices(text: str | None) -> list[int] | None:
+    """`0,1,2` -> [0, 1, 2] (GPU indices for `batch --devices`)."""
+    if not text:
+        return None
+    try:
+        return [int(d) for d in text.split(",") if d.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected GPU numbers like 0,1,2,3", param_hint="--devices") from None
+
+
 if __name__ == "__main__":
     main()
