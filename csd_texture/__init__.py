@@ -12,6 +12,8 @@ from .version import __version__
 _EXPORTS = {
     "texture_mesh": "api",
     "load_guidance": "api",
+    "texture_folder": "batch",
+    "texture_many": "batch",
     "Config": "config",
     "Schedule": "config",
     "load_config": "config",
