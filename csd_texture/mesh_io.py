@@ -505,7 +505,7 @@ class _Part:
     image: object | None  # PIL image of the base colour texture
 
 
-_GENERATED_NODE = re.compile(r"^(\d+(_[0-9a-f]{6})?|geometry(_\d+)?)$")
+_UNNAMED_NODE = re.compile(r"\d+|geometry(_\d+)?")  # glTF node index, or trimesh's default
 
 
 def _flatten_scene(scene: trimesh.Scene, label: str, default_name: str) -> list[_Part]:
@@ -515,8 +515,7 @@ def _flatten_scene(scene: trimesh.Scene, label: str, default_name: str) -> list[
         transform, geometry_name = scene.graph[node]
         geometry = scene.geometry[geometry_name]
         if isinstance(geometry, trimesh.Trimesh) and len(geometry.faces):
-            name = node if not _GENERATED_NODE.match(node) else geometry_name
-            name = default_name if _GENERATED_NODE.match(name) else name
+            name = _part_name(scene, node, geometry_name, default_name)
             parts.append(_world_part(geometry, np.asarray(transform, dtype=np.float64), name))
         else:
             ignored += 1
@@ -527,6 +526,20 @@ def _flatten_scene(scene: trimesh.Scene, label: str, default_name: str) -> list[
             raise MeshValidationError(f"{label}: contains only points or lines (no triangle faces); nothing to texture")
         raise MeshValidationError(f"{label}: contains no faces; nothing to texture")
     return parts
+
+
+def _part_name(scene: trimesh.Scene, node: str, geometry_name: str, default_name: str) -> str:
+    """The source's name for a part: its node, else its mesh, else the file's stem.
+
+    trimesh names a multi-primitive glTF node's children `<node>_<6 hex digits>`, unnamed glTF
+    nodes by index and single meshes `geometry[_N]`."""
+    parent = scene.graph.transforms.parents.get(node)
+    if parent is not None and re.fullmatch(re.escape(parent) + r"_[0-9a-f]{6}", node):
+        node = parent
+    for name in (node, geometry_name):
+        if not _UNNAMED_NODE.fullmatch(name):
+            return name
+    return default_name
 
 
 def _world_part(mesh: trimesh.Trimesh, transform: np.ndarray, name: str) -> _Part:

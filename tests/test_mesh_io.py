@@ -339,39 +339,49 @@ def test_glb_several_nodes_with_transforms(tmp_path):
 
 
 def _strip_fan_glb() -> tuple[bytes, float]:
-    """A GLB with a quad as a triangle strip and a regular hexagon as an (unindexed) fan."""
+    """A GLB with a quad as an indexed triangle strip, and a node holding a regular hexagon as
+    an unindexed fan plus the quad again as an indexed (uint8) fan; returns it and its area."""
     quad = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]], dtype="<f4")
     angles = np.arange(6) * np.pi / 3
     hexagon = np.stack([np.cos(angles), np.sin(angles), np.full(6, 2.0)], axis=1).astype("<f4")
     strip_indices = np.array([0, 1, 2, 3], dtype="<u2")
-    binary = quad.tobytes() + hexagon.tobytes() + strip_indices.tobytes()
+    fan_indices = np.array([0, 1, 3, 2], dtype="<u1")
+    binary = quad.tobytes() + hexagon.tobytes() + strip_indices.tobytes() + fan_indices.tobytes()
     header = {
         "asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0, 1]}],
-        "nodes": [{"mesh": 0, "name": "strip"}, {"mesh": 1, "name": "fan"}],
+        "nodes": [{"mesh": 0, "name": "strip"}, {"mesh": 1, "name": "fan", "translation": [0, 0, 5]}],
         "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 2, "mode": 5}]},
-                   {"primitives": [{"attributes": {"POSITION": 1}, "mode": 6}]}],
+                   {"primitives": [{"attributes": {"POSITION": 1}, "mode": 6},
+                                   {"attributes": {"POSITION": 0}, "indices": 3, "mode": 6}]}],
         "accessors": [
             {"bufferView": 0, "componentType": 5126, "count": 4, "type": "VEC3", "min": [0, 0, 0], "max": [1, 1, 0]},
             {"bufferView": 1, "componentType": 5126, "count": 6, "type": "VEC3",
              "min": hexagon.min(0).tolist(), "max": hexagon.max(0).tolist()},
-            {"bufferView": 2, "componentType": 5123, "count": 4, "type": "SCALAR"}],
+            {"bufferView": 2, "componentType": 5123, "count": 4, "type": "SCALAR"},
+            {"bufferView": 3, "componentType": 5121, "count": 4, "type": "SCALAR"}],
         "bufferViews": [{"buffer": 0, "byteOffset": 0, "byteLength": 48},
                         {"buffer": 0, "byteOffset": 48, "byteLength": 72},
-                        {"buffer": 0, "byteOffset": 120, "byteLength": 8}],
+                        {"buffer": 0, "byteOffset": 120, "byteLength": 8},
+                        {"buffer": 0, "byteOffset": 128, "byteLength": 4}],
         "buffers": [{"byteLength": len(binary)}],
     }
     hexagon_area = 3 * np.sqrt(3) / 2
-    return _glb(header, binary), 1.0 + hexagon_area
+    return _glb(header, binary), 2.0 + hexagon_area
 
 
-def test_glb_triangle_strips_and_fans(tmp_path):
+@pytest.mark.parametrize("ext", [".glb", ".gltf"])
+def test_triangle_strips_and_fans(tmp_path, ext):
     blob, area = _strip_fan_glb()
-    path = tmp_path / "strips.glb"
+    if ext == ".gltf":  # the same asset with its buffer as a data URI
+        header, binary = _split_glb(blob)
+        header["buffers"][0]["uri"] = "data:application/octet-stream;base64," + base64.b64encode(binary).decode()
+        blob = json.dumps(header).encode()
+    path = tmp_path / f"strips{ext}"
     path.write_bytes(blob)
     before = path.read_bytes()
     data = load_mesh(path)
-    assert data.num_faces == 2 + 4
-    assert sorted(data.part_names) == ["fan", "strip"]
+    assert data.num_faces == 2 + 4 + 2
+    assert sorted(data.part_names) == ["fan", "fan", "strip"]  # one part per primitive
     world = trimesh.Trimesh(data.world_vertices(), data.faces, process=False)
     assert world.area == pytest.approx(area, rel=1e-5)
     assert path.read_bytes() == before  # the fan was rewritten in memory only
