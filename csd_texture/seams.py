@@ -32,6 +32,7 @@ from .errors import ExportError
 from .mesh_io import load_mesh
 from .preview import default_rasterizer, render_batched
 from .render.rasterizer import Rasterizer
+from .render.views import RenderOutput
 from .texture import ImageTexture, SurfaceSample, uv_to_grid
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ def border_texels_mask(coverage: np.ndarray, border_texels: int = 1) -> torch.Te
 
 
 def seam_cameras(views: int, size: int, radius: float, up_axis: tuple[float, float, float]) -> CameraBatch:
-    """`views` cameras: an orbit at each of ELEVATIONS, azimuths offset between rings."""
+    """An orbit at each of ELEVATIONS, azimuths offset between rings: `views` cameras,
+    rounded down to a multiple of len(ELEVATIONS) (at least one per ring)."""
     per_ring = max(1, views // len(ELEVATIONS))
     elevation = torch.tensor(ELEVATIONS).repeat_interleave(per_ring)
     ring = torch.arange(len(ELEVATIONS)).repeat_interleave(per_ring)
@@ -128,22 +130,41 @@ def seam_report(mesh: MeshData, maps: PBRMaps, exported: Path, *, views: int = 2
     reference = render_batched(mesh, reference_texture, cameras, rasterizer, unlit=True, background=BACKGROUND)
     actual = render_batched(placed, exported_texture.to(device), cameras, rasterizer, unlit=True,
                             background=BACKGROUND)
-    uv = torch.cat(reference_texture.uv)
-    band = _sample(border_texels_mask(maps.coverage, border_texels)[None, None], uv_to_grid(uv), "nearest")
-    kernel = torch.ones(3, 3)
-    surface = morphology.erosion(reference.mask.permute(0, 3, 1, 2), kernel)[:, 0] > 0  # (B, H, W)
-    border = surface & (band[..., 0] > 0)
+    surface, border = _surface_and_border(reference, torch.cat(reference_texture.uv), maps.coverage, border_texels)
     error = (actual.image - reference.image).abs().amax(dim=-1)
+    report = {"views": cameras.batch_size, "size": size,
+              **_summarise(cameras, surface, border, error, _shows_background(reference, actual), tolerance)}
+    logger.info("seam check of %s: worst border error %.4f, %d background and %d bleeding pixels", exported,
+                report["worst_border_error"], report["background_pixels"], report["bleed_pixels"])
+    return report
+
+
+def _surface_and_border(reference: RenderOutput, uv: torch.Tensor, coverage: np.ndarray,
+                        border_texels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, W) bool masks: surface interior (reference mask eroded by one pixel) and the
+    surface pixels whose texel lies in the chart-border band."""
+    band = _sample(border_texels_mask(coverage, border_texels)[None, None], uv_to_grid(uv), "nearest")[..., 0]
+    surface = morphology.erosion(reference.mask.permute(0, 3, 1, 2), torch.ones(3, 3))[:, 0] > 0
+    return surface, surface & (band > 0)
+
+
+def _shows_background(reference: RenderOutput, actual: RenderOutput) -> torch.Tensor:
+    """(B, H, W) bool: the export shows no surface, or the background colour where the
+    reference does not."""
     background = torch.tensor(BACKGROUND)
-    shows_background = (actual.mask[..., 0] == 0) | (
-        ((actual.image - background).abs().amax(-1) < 1 / 255) & ((reference.image - background).abs().amax(-1) >= 1 / 255)
-    )
+
+    def is_background(image: torch.Tensor) -> torch.Tensor:
+        return (image - background).abs().amax(dim=-1) < 1 / 255
+
+    return (actual.mask[..., 0] == 0) | (is_background(actual.image) & ~is_background(reference.image))
+
+
+def _summarise(cameras: CameraBatch, surface: torch.Tensor, border: torch.Tensor, error: torch.Tensor,
+               shows_background: torch.Tensor, tolerance: float) -> dict[str, Any]:
     per_view = _per_view(cameras, border, error)
     worst = max(per_view, key=lambda v: v["border_error"])
     interior = surface & ~border
-    report = {
-        "views": cameras.batch_size,
-        "size": size,
+    return {
         "worst_border_error": worst["border_error"],
         "worst_view": {"elevation": worst["elevation"], "azimuth": worst["azimuth"]},
         "max_border_error": float(error[border].max()) if border.any() else 0.0,
@@ -154,9 +175,6 @@ def seam_report(mesh: MeshData, maps: PBRMaps, exported: Path, *, views: int = 2
         "bleed_pixels": int((surface & (error > tolerance)).sum()),
         "per_view": per_view,
     }
-    logger.info("seam check of %s: worst border error %.4f, %d background and %d bleeding pixels", exported,
-                report["worst_border_error"], report["background_pixels"], report["bleed_pixels"])
-    return report
 
 
 def _per_view(cameras: CameraBatch, border: torch.Tensor, error: torch.Tensor) -> list[dict[str, Any]]:
