@@ -141,8 +141,8 @@ def find_meshes(root: Path, exclude: Path | None = None) -> list[Path]:
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders
                                if not d.startswith(".") and (Path(folder) / d).resolve() != exclude)
-        found += [Path(folder) / f for f in sorted(files) if not f.startswith(".") and is_mesh_file(Path(folder) / f)]
-    return found
+        found += [Path(folder) / f for f in files if not f.startswith(".") and is_mesh_file(Path(folder) / f)]
+    return sorted(found)
 
 
 def _read_prompt(path: Path) -> str | None:
@@ -274,7 +274,8 @@ def check_plan(items: Sequence[BatchItem], report_path: Path | None = None) -> N
     inputs = {item.mesh for item in items}
     owners: dict[Path, str] = {report_path.resolve(): "the batch report"} if report_path else {}
     for item in items:
-        for target in output_files(item.output):
+        *companions, main = output_files(item.output)
+        for target in (main, *companions):
             target = target.resolve()
             if target in inputs:
                 raise InputError(f"{item.asset}: its output {target} would replace an input mesh; "
@@ -588,10 +589,10 @@ def texture_many(items: Iterable[BatchItem | Mapping[str, Any]], output_dir: str
     `workers` actors or one per GPU (CPU for a CPU run) of the cluster. Each worker loads the
     model once. With `output_dir`, OUTDIR/report.json is rewritten atomically after each asset.
     """
-    if ray:
-        import_ray()
     if ray and devices:
         raise ConfigError("devices are for local runs; on Ray every actor gets one GPU from the cluster")
+    if ray:
+        import_ray()
     base = (config or Config()).updated(**settings)
     suffix = _output_suffix(output_format)
     folder = Path(output_dir).resolve() if output_dir is not None else None
@@ -643,9 +644,10 @@ def _run_plan(plan: list[BatchItem], report: BatchReport, report_path: Path | No
         todo.sort(key=lambda item: (item.config.model, item.config.model_revision or ""))  # one model at a time
         with closing(runner(todo)) as results:
             for result in results:
-                yield _note(result, report, bar)
+                _note(result, report, bar)
                 if report_path is not None:
                     report.write(report_path)
+                yield result
         report.state = "finished"
     except KeyboardInterrupt:
         report.state = "interrupted"
