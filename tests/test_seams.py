@@ -43,7 +43,7 @@ def test_real_output_shows_the_optimised_texture_at_chart_borders(tiny_textured_
 def test_check_fails_when_padding_is_disabled(tiny_textured_fuze, tmp_path: Path) -> None:
     result = tiny_textured_fuze
     maps = unpadded(result.maps, result.mesh, GREEN)
-    np.testing.assert_allclose(maps.albedo[maps.coverage], result.maps.albedo[result.maps.coverage], atol=1e-5)
+    np.testing.assert_allclose(maps.albedo[maps.coverage], result.maps.albedo[result.maps.coverage], atol=1e-4)
     out = export_textured_mesh(result.mesh, maps, tmp_path / "unpadded.glb", {})
     report = seam_report(result.mesh, result.maps, out, **CHECK)
     assert report["worst_border_error"] > 0.05  # the fill colour shows at chart borders
