@@ -53,7 +53,7 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
     if config.edit:
         _check_editable(data)
     with _timed(timings, "unwrap"):
-        data = prepare_uv(data, keep_uv=config.keep_uv)
+        data = prepare_uv(data, keep_uv=config.keep_uv, texture_size=config.texture_size)
     if objective is None:
         with _timed(timings, "model_load"):
             guidance = guidance or load_guidance(config, device)

@@ -22,8 +22,9 @@ from .errors import UnwrapError
 
 log = logging.getLogger(__name__)
 
-PADDING = 2  # texels between charts, at the atlas resolution below
-RESOLUTION = 1024  # atlas size xatlas aims at (padding is relative to it)
+CHART_PADDING = 10  # xatlas padding: charts end up about 2x this apart in its atlas, which is rescaled to the
+# texture size: >= 16 texels apart, so the bake can pad every chart by >= 8 (bilinear, 3 mip levels).
+# Textures under 512 texels get proportionally less, so small test textures keep room for charts.
 MAX_CHART_FRACTION = 1 / 16  # no chart larger than this share of the surface ...
 MAX_CHART_FACES = 500  # ... or than the area of this many average faces. xatlas slows down
 # sharply on big charts: on a 260k-face scan, caps of 2000 / 500 / 250 faces gave 956 / 1315 /
@@ -38,18 +39,19 @@ _WORKER = Path(__file__).with_name("_xatlas_worker.py")
 _BOOTSTRAP = "import runpy, sys; sys.path[:] = [p for p in sys.path if p]; runpy.run_path(sys.argv[1], run_name='__main__')"
 
 
-def prepare_uv(mesh: MeshData, keep_uv: bool = False) -> MeshData:
+def prepare_uv(mesh: MeshData, keep_uv: bool = False, texture_size: int = 1024) -> MeshData:
     """The mesh with UVs: its own when `keep_uv` and they are usable, else a fresh xatlas atlas.
 
     Unwrapping returns a new MeshData: vertices/normals re-indexed (split along chart seams),
     uv (V, 2) float32 in [0, 1]; to_source, name, up_axis, part_names unchanged; the old
-    base_color_image dropped (it belongs to the old UVs)."""
+    base_color_image dropped (it belongs to the old UVs). Charts are packed for a texture of
+    `texture_size` texels with >= 16 texels between charts (from 512 texels up), so each can be padded by 8."""
     if keep_uv:
         problem = uv_problem(mesh)
         if problem is None:
             return mesh
         log.warning(f"{mesh.name}: cannot keep the source UVs ({problem}); unwrapping with xatlas instead")
-    return _unwrapped(mesh)
+    return _unwrapped(mesh, texture_size)
 
 
 def uv_problem(mesh: MeshData) -> str | None:
@@ -73,13 +75,13 @@ def uv_problem(mesh: MeshData) -> str | None:
     return None
 
 
-def _unwrapped(mesh: MeshData) -> MeshData:
+def _unwrapped(mesh: MeshData, texture_size: int) -> MeshData:
     """Weld vertices with identical position and normal (old UV seams would cut charts),
     unwrap, re-index."""
     _, first, inverse = np.unique(np.hstack([mesh.vertices, mesh.normals]), axis=0, return_index=True,
                                   return_inverse=True)
     faces = inverse.reshape(-1)[mesh.faces]
-    vmapping, new_faces, uv = unwrap(mesh.vertices[first], faces)
+    vmapping, new_faces, uv = unwrap(mesh.vertices[first], faces, texture_size)
     keep = first[vmapping]
     return dataclasses.replace(
         mesh,
@@ -91,7 +93,7 @@ def _unwrapped(mesh: MeshData) -> MeshData:
     )
 
 
-def unwrap(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unwrap a triangle mesh with xatlas, isolated in a child process.
 
     vertices: (V, 3) float; faces: (F, 3) int. Returns vmapping (N,) int64 (new vertex ->
@@ -106,7 +108,7 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndar
     for attempt, jitter in enumerate(JITTERS):
         moved = vertices if jitter == 0 else vertices + rng.normal(0.0, jitter * edge, vertices.shape)
         try:
-            return _run_worker(moved, faces)
+            return _run_worker(moved, faces, texture_size)
         except _WorkerFailure as failure:
             failures.append(str(failure))
             if attempt + 1 < len(JITTERS):
@@ -170,7 +172,7 @@ def _timeout(faces: int) -> float:
     return 300.0 + faces / 250.0
 
 
-def _run_worker(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _run_worker(vertices: np.ndarray, faces: np.ndarray, texture_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One xatlas run in a child process; _WorkerFailure if it crashes, fails or misbehaves."""
     with tempfile.TemporaryDirectory(prefix="csd-xatlas-") as folder:
         source, target = Path(folder, "in.npz"), Path(folder, "out.npz")
@@ -179,8 +181,8 @@ def _run_worker(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np
             vertices=vertices.astype(np.float32),
             faces=faces.astype(np.uint32),
             chunks=_chunk_labels(vertices, faces, CHUNK_FACES),
-            padding=PADDING,
-            resolution=RESOLUTION,
+            padding=max(1, min(CHART_PADDING, texture_size * CHART_PADDING // 512)),
+            resolution=texture_size,
             max_chart_area=_surface_area(vertices, faces) * min(MAX_CHART_FRACTION, MAX_CHART_FACES / len(faces)),
         )
         command = [sys.executable, "-c", _BOOTSTRAP, str(_WORKER), str(source), str(target)]

@@ -237,9 +237,9 @@ def test_big_meshes_are_unwrapped_in_chunks(monkeypatch):
 def test_unwrap_welds_old_seams_but_keeps_hard_normals(small_textured, monkeypatch):
     seen = []
 
-    def spy(vertices, faces):
+    def spy(vertices, faces, texture_size):
         seen.append(len(vertices))
-        return unwrap(vertices, faces)
+        return unwrap(vertices, faces, texture_size)
 
     monkeypatch.setattr(uv_module, "unwrap", spy)
     # small_textured is split along its old UV seams: same positions, one normal per position
@@ -259,3 +259,26 @@ def test_unwrap_welds_old_seams_but_keeps_hard_normals(small_textured, monkeypat
     unwrapped = prepare_uv(flat)
     assert seen[-1] == 24  # welded only where position and normal agree
     np.testing.assert_array_equal(unwrapped.normals[unwrapped.faces], flat.normals[flat.faces])
+
+
+def test_charts_leave_room_for_eight_texels_of_padding_at_the_texture_size() -> None:
+    """Bilinear filtering and mipmaps need >= 8 texels of padding around every chart, so charts
+    must be >= 16 texels apart in the texture the maps are baked at."""
+    import scipy.sparse as sp
+    import torch
+    from scipy import ndimage
+
+    from csd_texture.render.torch_rasterizer import TorchRasterizer
+
+    size = 512
+    mesh = prepare_uv(load_mesh(trimesh.creation.box()), texture_size=size)
+    n, faces = len(mesh.uv), mesh.faces
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    graph = sp.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    charts, label = sp.csgraph.connected_components(graph, directed=False)
+    assert charts >= 2
+    pos = torch.tensor(np.c_[mesh.uv * 2 - 1, np.zeros(n), np.ones(n)], dtype=torch.float32)[None]
+    triangle = TorchRasterizer().rasterize(pos, torch.from_numpy(faces), (size, size)).triangle_id[0].numpy()
+    chart = np.where(triangle >= 0, label[faces[np.maximum(triangle, 0), 0]], -1)
+    gaps = [ndimage.distance_transform_edt(chart != c)[(chart >= 0) & (chart != c)].min() for c in range(charts)]
+    assert min(gaps) >= 16
