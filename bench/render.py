@@ -10,21 +10,15 @@ import math
 import time
 
 import torch
+import trimesh
 
 from csd_texture.render import TorchRasterizer, interpolate
 
 
 def uv_sphere(rings: int, segments: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(V, 3) float32 unit-sphere vertices and (F, 3) int32 faces, F = 2 * rings * segments."""
-    theta = torch.linspace(0, math.pi, rings + 1)
-    phi = torch.linspace(0, 2 * math.pi, segments + 1)[:-1]
-    t, p = torch.meshgrid(theta, phi, indexing="ij")
-    vertices = torch.stack([t.sin() * p.cos(), t.cos(), t.sin() * p.sin()], -1).reshape(-1, 3)
-    i, j = torch.meshgrid(torch.arange(rings), torch.arange(segments), indexing="ij")
-    a, b = i * segments + j, i * segments + (j + 1) % segments
-    c, d = a + segments, b + segments
-    faces = torch.cat([torch.stack([a, c, b], -1), torch.stack([b, c, d], -1)]).reshape(-1, 3)
-    return vertices, faces.int()
+    """(V, 3) float32 unit-sphere vertices and (F, 3) int32 faces, about 2 * rings * segments faces."""
+    mesh = trimesh.creation.uv_sphere(radius=1.0, count=[rings, segments])
+    return torch.tensor(mesh.vertices, dtype=torch.float32), torch.tensor(mesh.faces, dtype=torch.int32)
 
 
 def camera_mvp(batch: int) -> torch.Tensor:
