@@ -40,9 +40,8 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
     loaded `guidance` to reuse a model across meshes, or an `objective` to replace CSD.
     Writes `output` (.glb, .gltf or .obj) when given; returns the maps, mesh, history and record.
     """
-    config = (config or Config()).updated(prompt=prompt, **settings)
-    if config.edit:
-        config = edit_settings(config)
+    requested = (config or Config()).updated(prompt=prompt, **settings)
+    config = edit_settings(requested) if requested.edit else requested
     if not config.prompt.strip() and objective is None:
         raise ConfigError("a prompt is required: describe the texture, e.g. \"a wooden chair\"")
     output = _check_output(output, mesh)
@@ -69,7 +68,9 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
     with _timed(timings, "bake"), torch.no_grad():
         maps = bake_maps(data, texture, config.texture_size, rasterizer, config.pad_texels)
     result = TextureResult(mesh=data, maps=maps, config=config, history=history, timings=timings)
-    result.metadata = run_record(config, timings, device, rasterizer.name)
+    result.metadata = run_record(requested, timings, device, rasterizer.name)
+    if config != requested:
+        result.metadata["effective_settings"] = config.to_dict()
     if isinstance(mesh, (str, Path)):
         result.metadata["input"] = str(mesh)
     if output is not None:

@@ -48,3 +48,17 @@ def test_edit_moves_the_texture_when_steps_run(tiny_model_dir: str) -> None:
 def test_edit_needs_a_textured_mesh(tiny_model_dir: str) -> None:
     with pytest.raises(MeshValidationError, match="cannot edit this mesh's texture: it has no base colour texture"):
         texture_mesh(trimesh.creation.box(), "a blue box", edit=True, steps=0, model=tiny_model_dir, progress=False)
+
+
+def test_edit_record_reproduces_the_run(tiny_model_dir: str, tmp_path: Path) -> None:
+    """The record holds the settings the user asked for, so re-running from it gives the same maps
+    (edit settings derive from them once, not twice)."""
+    from csd_texture.config import Config
+
+    first = texture_mesh(FUZE, "a blue can", edit=True, edit_strength=0.4, steps=2, texture_size=128,
+                         render_size=64, model=tiny_model_dir, progress=False)
+    settings = first.metadata["settings"]
+    assert settings["learning_rate"] == Config().learning_rate and settings["edit"] is True
+    assert first.metadata["effective_settings"]["learning_rate"] < settings["learning_rate"]
+    again = texture_mesh(FUZE, config=Config.from_dict(settings), progress=False)
+    np.testing.assert_array_equal(first.maps.albedo, again.maps.albedo)
