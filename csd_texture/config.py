@@ -164,7 +164,8 @@ def preset(name: str, **changes: Any) -> Config:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read a Config from a .json, .yaml or .yml file."""
+    """Read a Config from a .json, .yaml or .yml file, or from an output's JSON record (its
+    `settings`), so a run can be repeated from what it recorded."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -179,6 +180,8 @@ def load_config(path: str | Path) -> Config:
             data = json.loads(text)
     except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
         raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {exc}") from exc
+    if isinstance(data, dict) and isinstance(data.get("settings"), dict) and "generator" in data:
+        data = data["settings"]
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of setting names to values")
     return Config.from_dict(data)

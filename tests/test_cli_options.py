@@ -41,3 +41,15 @@ def test_config_file_then_options_override(tmp_path) -> None:
     save_config(preset("fast", seed=3, negative_prompt="blurry"), path)
     config = build_config(path, "balanced", options(seed=9))
     assert config.seed == 9 and config.negative_prompt == "blurry" and config.steps == PRESETS["fast"]["steps"]
+
+
+def test_config_from_an_output_record(tmp_path) -> None:
+    import json
+
+    from csd_texture.config import load_config
+
+    record = {"generator": "csd-texture 0.1.0", "prompt": "a chair",
+              "settings": preset("fast", prompt="a chair", seed=11).to_dict(), "timings_s": {"bake": 1.0}}
+    path = tmp_path / "out.json"
+    path.write_text(json.dumps(record))
+    assert load_config(path) == preset("fast", prompt="a chair", seed=11)
