@@ -19,6 +19,24 @@ def byte_level_alphabet() -> list[str]:
     return [chr(c) for c in codes] + [chr(256 + i) for i in range(len(extra))]
 
 
+def _apply_bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one word: repeatedly merge the best-ranked adjacent pair (all occurrences)."""
+    while len(pieces) > 1:
+        best = min(zip(pieces, pieces[1:]), key=lambda pair: ranks.get(pair, len(ranks)))
+        if best not in ranks:
+            break
+        out, i = [], 0
+        while i < len(pieces):
+            if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == best:
+                out.append(pieces[i] + pieces[i + 1])
+                i += 2
+            else:
+                out.append(pieces[i])
+                i += 1
+        pieces = out
+    return pieces
+
+
 def build_tokenizer(words: tuple[str, ...] = (), model_max_length: int = 16):
     """A CLIP tokenizer with a byte-level vocabulary plus whole-word tokens for `words`.
 
@@ -30,17 +48,19 @@ def build_tokenizer(words: tuple[str, ...] = (), model_max_length: int = 16):
     vocab: dict[str, int] = {}
     for s in symbols + [s + "</w>" for s in symbols]:
         vocab.setdefault(s, len(vocab))
-    merges: list[tuple[str, str]] = []
+    merges: list[tuple[str, str]] = []  # transformers>=5 wants pairs, not "a b" strings
     for word in words:
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(pieces) > 1:  # left-to-right merges spell out the whole word
-            merges.append((pieces[0], pieces[1]))  # transformers>=5 wants pairs, not "a b" strings
+        # Apply the merges so far (as BPE will); if they leave the word in pieces, append merges
+        # that join those pieces left to right. Appended merges rank last, so they never change
+        # how an earlier word is split: every word in `words` ends up as one token.
+        pieces = _apply_bpe(list(word[:-1]) + [word[-1] + "</w>"], {m: i for i, m in enumerate(merges)})
+        while len(pieces) > 1:
+            merges.append((pieces[0], pieces[1]))
             merged = pieces[0] + pieces[1]
             vocab.setdefault(merged, len(vocab))
             pieces = [merged] + pieces[2:]
     for token in SPECIAL_TOKENS:
         vocab.setdefault(token, len(vocab))
-    merges = list(dict.fromkeys(merges))
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
