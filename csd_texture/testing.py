@@ -64,6 +64,21 @@ def build_tokenizer(words: tuple[str, ...] = (), model_max_length: int = 16):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
+def sd_ddpm_scheduler():
+    """Stable Diffusion's training noise schedule (scaled-linear betas, epsilon prediction)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        clip_sample=False,
+        prediction_type="epsilon",
+    )
+
+
 def build_tiny_pipeline(
     seed: int = 0,
     image_size: int = 64,
@@ -72,7 +87,7 @@ def build_tiny_pipeline(
 ):
     """A randomly initialised StableDiffusionPipeline: tiny UNet, a VAE whose latent is 1/8 of
     the image, a tiny CLIP text encoder and a tokenizer built in code."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -113,14 +128,7 @@ def build_tiny_pipeline(
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        clip_sample=False,
-    )
+    scheduler = sd_ddpm_scheduler()
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from csd_texture.testing import NAMED_HUES, build_tokenizer, hue_distance, mean_color_hsv
+from csd_texture.testing import NAMED_HUES, build_tokenizer, hue_distance, mean_color_hsv, sd_ddpm_scheduler
 
 IMAGE_SIZE = 64
 COLOURS = ("red", "yellow", "green", "blue")
@@ -255,7 +255,7 @@ def init_colour_path(vae, offset: float = 6.0) -> None:
 
 
 def build_models(tokenizer):
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     vae = AutoencoderKL(
@@ -295,15 +295,7 @@ def build_models(tokenizer):
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        clip_sample=False,
-        prediction_type="epsilon",
-    )
+    scheduler = sd_ddpm_scheduler()
     return vae, text_encoder, unet, scheduler
 
 
