@@ -31,7 +31,7 @@ from csd_texture.guidance.csd import CSDGuidance
 from csd_texture.mesh_io import load_mesh
 from csd_texture.optimize import CSDObjective, optimize, sample_views
 from csd_texture.cameras import bounding_radius, view_bucket_index
-from csd_texture.render.rasterizer import get_rasterizer
+from csd_texture.render import get_rasterizer
 from csd_texture.render.views import Surface, render_views
 from csd_texture.texture import make_texture
 from csd_texture.uv import prepare_uv

@@ -23,7 +23,7 @@ from csd_texture import texture_mesh
 from csd_texture.bake import bake_maps
 from csd_texture.evaluation import sharpness, texture_recovery
 from csd_texture.mesh_io import load_mesh
-from csd_texture.render.rasterizer import get_rasterizer
+from csd_texture.render import get_rasterizer
 from csd_texture.testing import save_tiny_pipeline
 from csd_texture.texture import ImageTexture
 

@@ -21,7 +21,7 @@ import torch
 from csd_texture.bake import bake_maps
 from csd_texture.export import export_textured_mesh
 from csd_texture.mesh_io import load_mesh
-from csd_texture.render.rasterizer import get_rasterizer
+from csd_texture.render import get_rasterizer
 from csd_texture.seams import seam_report
 from csd_texture.texture import ImageTexture
 from csd_texture.uv import prepare_uv

@@ -20,7 +20,7 @@ from .export import SUPPORTED_SUFFIXES, check_not_overwriting
 from .guidance.csd import CSDGuidance
 from .mesh_io import load_mesh
 from .optimize import CSDObjective, Objective, optimize
-from .render.rasterizer import get_rasterizer
+from .render import get_rasterizer
 from .render.views import Surface
 from .texture import make_texture
 from .render.shading import srgb_to_linear

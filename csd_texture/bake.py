@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .datatypes import GBuffer, MeshData, PBRMaps
 from .errors import MeshValidationError
-from .render.rasterizer import Rasterizer, interpolate
+from .render.base import Rasterizer, interpolate
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ def check_packages() -> str:
 def check_nvdiffrast() -> str:
     if not torch.cuda.is_available():
         raise RuntimeError("needs a CUDA GPU; the torch rasterizer will be used (slower, same results)")
-    from .render.rasterizer import get_rasterizer
+    from .render import get_rasterizer
 
     rasterizer = get_rasterizer("nvdiffrast", "cuda")
     pos = torch.tensor([[[-0.5, -0.5, 0, 1], [0.5, -0.5, 0, 1], [0, 0.5, 0, 1]]], device="cuda")

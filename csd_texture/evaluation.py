@@ -21,7 +21,7 @@ from .datatypes import PBRMaps
 from .lighting import fixed_lighting
 from .mesh_io import load_mesh
 from .optimize import PhotometricObjective
-from .render.rasterizer import get_rasterizer
+from .render import get_rasterizer
 from .render.views import Surface, render_views
 from .texture import ImageTexture
 

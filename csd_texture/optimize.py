@@ -17,7 +17,7 @@ from .config import Config
 from .datatypes import CameraBatch, Lighting, PromptEmbeds, StepRecord
 from .guidance.csd import CSDGuidance
 from .lighting import random_lighting
-from .render.rasterizer import Rasterizer
+from .render.base import Rasterizer
 from .render.views import Surface, render_views
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from .devices import resolve_device
 from .errors import ConfigError
 from .fileio import atomic_output
 from .lighting import fixed_lighting
-from .render.rasterizer import Rasterizer, get_rasterizer
+from .render import Rasterizer, get_rasterizer
 from .render.views import RenderOutput, Surface, TextureFn, render_views
 from .texture import ImageTexture
 

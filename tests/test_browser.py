@@ -26,7 +26,7 @@ from csd_texture.bake import bake_maps
 from csd_texture.datatypes import PBRMaps
 from csd_texture.export import export_textured_mesh, map_images
 from csd_texture.mesh_io import load_mesh
-from csd_texture.render.rasterizer import get_rasterizer
+from csd_texture.render import get_rasterizer
 from csd_texture.uv import prepare_uv
 
 PAGE_DIR = Path(__file__).resolve().parents[1] / "tools" / "browser-check"

@@ -320,7 +320,7 @@ def test_gradient_reaches_texture_through_grid_sample(raster):
 
 # --- backend choice ---------------------------------------------------------------------
 def test_get_rasterizer_auto_on_cpu_is_torch(caplog):
-    with caplog.at_level(logging.INFO, logger="csd_texture.render.rasterizer"):
+    with caplog.at_level(logging.INFO, logger="csd_texture.render"):
         rasterizer = get_rasterizer("auto", "cpu")
     assert rasterizer.name == "torch" and isinstance(rasterizer, TorchRasterizer)
     assert "torch" in caplog.text
@@ -339,7 +339,7 @@ def test_get_rasterizer_unknown_name():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback without CUDA")
 def test_auto_on_cuda_without_cuda_falls_back_and_logs_reason(caplog):
-    with caplog.at_level(logging.INFO, logger="csd_texture.render.rasterizer"):
+    with caplog.at_level(logging.INFO, logger="csd_texture.render"):
         assert get_rasterizer("auto", "cuda").name == "torch"
     assert "nvdiffrast unavailable" in caplog.text
 

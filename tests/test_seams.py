@@ -14,7 +14,7 @@ from PIL import Image
 from csd_texture.bake import bake_maps
 from csd_texture.datatypes import PBRMaps
 from csd_texture.export import export_textured_mesh, linear_to_srgb
-from csd_texture.render.rasterizer import get_rasterizer
+from csd_texture.render import get_rasterizer
 from csd_texture.seams import border_texels_mask, seam_report
 from csd_texture.texture import ImageTexture
 

@@ -17,7 +17,7 @@ import torch
 
 from ..datatypes import Fragments
 from ..errors import BackendUnavailableError
-from .rasterizer import check_rasterize_inputs
+from .base import check_rasterize_inputs
 
 INSTALL_HINT = "install it with `pip install diffrp-nvdiffrast` (needs a CUDA build of torch)"
 
@@ -28,7 +28,7 @@ def import_nvdiffrast() -> ModuleType:
         import nvdiffrast.torch as dr
     except ImportError as exc:
         raise BackendUnavailableError(
-            f"nvdiffrast is not installed ({exc}); {INSTALL_HINT}, or use --rasterizer torch"
+            f"nvdiffrast is not installed ({exc}); {INSTALL_HINT}, or use --renderer torch"
         ) from exc
     return dr
 
@@ -46,12 +46,12 @@ class NvdiffrastRasterizer:
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise BackendUnavailableError(
-                f"nvdiffrast needs a CUDA device, got {self.device}; use --rasterizer torch"
+                f"nvdiffrast needs a CUDA device, got {self.device}; use --renderer torch"
             )
         if not torch.cuda.is_available():
             raise BackendUnavailableError(
                 "nvdiffrast needs CUDA but torch.cuda.is_available() is False "
-                f"(torch {torch.__version__}); use --rasterizer torch"
+                f"(torch {torch.__version__}); use --renderer torch"
             )
         self._dr = import_nvdiffrast()
         try:
@@ -60,7 +60,7 @@ class NvdiffrastRasterizer:
         except Exception as exc:  # plugin build or launch failures surface as many types
             raise BackendUnavailableError(
                 f"nvdiffrast failed to build or run on {self.device}: {exc}; "
-                "check the CUDA toolkit matches torch, or use --rasterizer torch"
+                "check the CUDA toolkit matches torch, or use --renderer torch"
             ) from exc
 
     def _smoke_test(self) -> None:

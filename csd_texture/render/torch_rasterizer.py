@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..datatypes import Fragments
-from .rasterizer import check_rasterize_inputs
+from .base import check_rasterize_inputs
 
 SUBPIXEL = 256  # fixed-point steps per pixel
 _HALF = SUBPIXEL // 2
@@ -56,14 +56,16 @@ class _Triangles:
 class TorchRasterizer:
     """Z-buffer rasterizer in PyTorch; runs on the device of its inputs.
 
-    max_candidates bounds the (triangle, pixel) pairs tested at once, and so memory
-    (about 200 bytes each); a single triangle larger than that is still done in one go.
+    `device` is where callers should build those inputs (the protocol's device: the UV bake
+    rasterizes there). max_candidates bounds the (triangle, pixel) pairs tested at once, and
+    so memory (about 200 bytes each); a single triangle larger than that is still done in one go.
     """
 
     name = "torch"
 
-    def __init__(self, max_candidates: int = 2**20) -> None:
+    def __init__(self, max_candidates: int = 2**20, device: torch.device | str = "cpu") -> None:
         self.max_candidates = int(max_candidates)
+        self.device = torch.device(device)
 
     def rasterize(
         self, pos_clip: torch.Tensor, faces: torch.Tensor, resolution: tuple[int, int]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..datatypes import CameraBatch, Lighting, MeshData
 from ..texture import SurfaceSample
-from .rasterizer import Rasterizer, interpolate
+from .base import Rasterizer, interpolate
 from .shading import composite, linear_to_srgb, shade
 
 TextureFn = Callable[[torch.Tensor, torch.Tensor], SurfaceSample]

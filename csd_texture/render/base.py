@@ -1,4 +1,4 @@
-"""The rasterizer protocol, backend choice and the shared, differentiable interpolation.
+"""The rasterizer protocol, its input checks and the shared, differentiable interpolation.
 
 A rasterizer only answers "which triangle, where inside it" per pixel (`Fragments`);
 everything after that (interpolation, texture lookup, shading) is shared PyTorch, so
@@ -6,24 +6,22 @@ gradients reach the texture whichever backend ran.
 """
 from __future__ import annotations
 
-import logging
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from ..datatypes import Fragments
-from ..errors import BackendUnavailableError, ConfigError
-
-logger = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "torch", "nvdiffrast")
 
 
 @runtime_checkable
 class Rasterizer(Protocol):
-    """A visibility backend. Rows of the result run top (NDC y = +1) to bottom."""
+    """A visibility backend. Rows of the result run top (NDC y = +1) to bottom.
+
+    `device` is where its Fragments live and where callers put the inputs (the UV bake
+    builds its G-buffer there)."""
 
     name: str
+    device: torch.device
 
     def rasterize(
         self, pos_clip: torch.Tensor, faces: torch.Tensor, resolution: tuple[int, int]
@@ -54,39 +52,6 @@ def check_rasterize_inputs(
         )
     if len(resolution) != 2 or any(int(r) != r or r <= 0 for r in resolution):
         raise ValueError(f"resolution must be two positive ints (H, W), got {resolution!r}")
-
-
-def get_rasterizer(name: str = "auto", device: torch.device | str = "cpu") -> Rasterizer:
-    """Return the backend called `name` ("auto", "torch" or "nvdiffrast") for `device`.
-
-    "auto" picks nvdiffrast on a CUDA device when it runs there, else torch, and logs
-    why. Asking for "nvdiffrast" where it cannot run raises BackendUnavailableError.
-    """
-    from .torch_rasterizer import TorchRasterizer
-
-    if name not in BACKENDS:
-        raise ConfigError(f"unknown rasterizer {name!r}; choose one of {', '.join(BACKENDS)}")
-    device = torch.device(device)
-    if name == "torch":
-        return TorchRasterizer()
-    if name == "nvdiffrast":
-        return _nvdiffrast(device)
-    if device.type != "cuda":
-        logger.info("rasterizer: torch (device %s is not CUDA)", device)
-        return TorchRasterizer()
-    try:
-        rasterizer = _nvdiffrast(device)
-    except BackendUnavailableError as exc:
-        logger.info("rasterizer: torch (nvdiffrast unavailable: %s)", exc)
-        return TorchRasterizer()
-    logger.info("rasterizer: nvdiffrast on %s", device)
-    return rasterizer
-
-
-def _nvdiffrast(device: torch.device) -> Rasterizer:
-    from .nvdiffrast_rasterizer import NvdiffrastRasterizer
-
-    return NvdiffrastRasterizer(device)
 
 
 def interpolate(attr: torch.Tensor, fragments: Fragments, faces: torch.Tensor) -> torch.Tensor:
