@@ -31,7 +31,7 @@ from .datatypes import CameraBatch, MeshData, PBRMaps
 from .errors import ExportError
 from .mesh_io import load_mesh
 from .preview import default_rasterizer, render_batched
-from .render.rasterizer import Rasterizer
+from .render.base import Rasterizer
 from .render.views import RenderOutput
 from .texture import ImageTexture, SurfaceSample, uv_to_grid
 
