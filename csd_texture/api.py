@@ -69,6 +69,7 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
         maps = bake_maps(data, texture, config.texture_size, rasterizer, config.pad_texels)
     result = TextureResult(mesh=data, maps=maps, config=config, history=history, timings=timings)
     result.metadata = run_record(requested, timings, device, rasterizer.name)
+    result.metadata["skipped_steps"] = sum(record.skipped for record in history)  # non-finite steps
     if config != requested:
         result.metadata["effective_settings"] = config.to_dict()
     if isinstance(mesh, (str, Path)):

@@ -132,13 +132,15 @@ class PromptEmbeds:
 
 @dataclass(frozen=True)
 class StepRecord:
-    """One optimisation step's record: loss, timestep, negative weight, seconds since start."""
+    """One optimisation step's record: loss, timestep, negative weight, seconds since start, and
+    whether the step was skipped (a non-finite loss or gradient: the texture was not updated)."""
 
     step: int
     loss: float
     timestep: int
     negative_weight: float
     elapsed: float
+    skipped: bool = False
 
 
 @dataclass

@@ -50,3 +50,7 @@ class UnwrapError(CSDTextureError):
 
 class ExportError(CSDTextureError):
     """Writing an output file failed."""
+
+
+class OptimizationError(CSDTextureError):
+    """The optimisation cannot go on (most steps had a non-finite loss or gradient)."""

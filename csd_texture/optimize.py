@@ -15,6 +15,7 @@ import torch
 from .cameras import bounding_radius, random_cameras, view_bucket_index
 from .config import Config
 from .datatypes import CameraBatch, Lighting, PromptEmbeds, StepRecord
+from .errors import OptimizationError
 from .guidance.csd import CSDGuidance
 from .lighting import random_lighting
 from .render.base import Rasterizer
@@ -95,14 +96,19 @@ def optimize(texture: torch.nn.Module, surface: Surface, rasterizer: Rasterizer,
              on_step: StepCallback | None = None) -> list[StepRecord]:
     """Run `config.steps` Adam steps on the texture's parameters; returns the per-step history.
 
-    Nothing in the loop waits for the device: losses stay on it until the end (`on_step` gets the
-    step and the loss tensor and decides itself how often to read it)."""
+    A step whose loss or gradient is not finite (NaN/inf, e.g. a float16 overflow) is skipped:
+    Adam's state stays clean, the step is marked `skipped` in the history and counted in one
+    warning; OptimizationError stops the run as soon as most steps are skipped. Checking that is
+    the loop's one wait for the device per step; losses stay on it until the end (`on_step` gets
+    the step and the loss tensor and decides itself how often to read it)."""
     device = surface.vertices.device
     generator = torch.Generator().manual_seed(config.seed)
     radius = bounding_radius(surface.vertices)
-    optimizer = torch.optim.Adam(texture.parameters(), lr=config.learning_rate, betas=(0.9, 0.99), eps=1e-15)
+    parameters = list(texture.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, betas=(0.9, 0.99), eps=1e-15)
     losses: list[torch.Tensor] = []
-    records: list[tuple[int, float, float]] = []
+    records: list[tuple[int, float, float, bool]] = []
+    skipped = 0
     start = time.perf_counter()
     for step in range(config.steps):
         progress = step / max(config.steps - 1, 1)
@@ -111,10 +117,30 @@ def optimize(texture: torch.nn.Module, surface: Surface, rasterizer: Rasterizer,
         out = objective(images, views, progress, generator)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        optimizer.step()
+        finite = _all_finite(out.loss, parameters)
+        if finite:
+            optimizer.step()
+        else:
+            skipped += 1
+            log.debug("step %d: non-finite loss or gradient, skipped", step)
+            if skipped > config.steps // 2:
+                raise OptimizationError(
+                    f"{skipped} of {config.steps} steps had a non-finite loss or gradient (NaN/inf) by step {step}; "
+                    "the texture cannot converge: try a lower learning_rate, another --seed or model, "
+                    "or --device cpu (float32)")
         losses.append(out.loss.detach())
-        records.append((out.timestep, out.negative_weight, time.perf_counter() - start))
+        records.append((out.timestep, out.negative_weight, time.perf_counter() - start, not finite))
         if on_step is not None:
             on_step(step, losses[-1])
+    if skipped:
+        log.warning("skipped %d of %d steps with a non-finite loss or gradient (NaN/inf); the texture was not "
+                    "updated on those steps", skipped, config.steps)
     values = torch.stack(losses).float().cpu().tolist() if losses else []
-    return [StepRecord(step, loss, t, w, elapsed) for step, (loss, (t, w, elapsed)) in enumerate(zip(values, records))]
+    return [StepRecord(step, loss, t, w, elapsed, skip)
+            for step, (loss, (t, w, elapsed, skip)) in enumerate(zip(values, records))]
+
+
+def _all_finite(loss: torch.Tensor, parameters: list[torch.Tensor]) -> bool:
+    """Whether the loss and every gradient are free of NaN and inf (one device sync)."""
+    flags = [torch.isfinite(loss).all()] + [torch.isfinite(p.grad).all() for p in parameters if p.grad is not None]
+    return bool(torch.stack(flags).all())

@@ -174,7 +174,6 @@ class CSDGuidance:
             weights = GuidanceWeights.csd(config.guidance_scale, negative_weight)
             grad = self.csd_gradient(noisy, timestep, cond, embeds.negative if use_negative else None,
                                      embeds.null, weights)
-        grad = torch.nan_to_num(grad)
         target = (latents - grad).detach()
         loss = 0.5 * ((latents - target) ** 2).sum() / latents.shape[0]
         return GuidanceOutput(loss=loss, timestep=timestep, negative_weight=negative_weight)
