@@ -4,6 +4,8 @@
 #   - three.js for the browser check, pinned in tools/browser-check/package-lock.json.
 #   - Chromium for the browser check: Debian's `chromium` package, installed with apt-get when
 #     missing and we are root (or have password-less sudo); otherwise a note says how.
+#   - Blender for the add-on test: Debian's `blender` (3.4) the same way, and numpy < 1.24 for
+#     its Python (its glTF add-on needs it) in build/blender-python.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,26 +29,73 @@ npm_pinned() {
 npm_pinned "$root/tools/gltf-validator" gltf-validator
 npm_pinned "$root/tools/browser-check" three
 
-if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then
-    echo "install_test_deps: chromium already installed"
-elif ! command -v apt-get >/dev/null; then
-    echo "install_test_deps: chromium not found and no apt-get; install Chromium for tests/test_browser.py" >&2
-else
+# as_root: set the array `as_root` to the prefix that runs a command as root; fails when none.
+as_root_prefix() {
     if [[ "$(id -u)" == 0 ]]; then
         as_root=()
     elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
         as_root=(sudo -n)
     else
-        echo "install_test_deps: chromium not found; run \`sudo apt-get install chromium\` for tests/test_browser.py" >&2
-        exit 0
+        return 1
+    fi
+}
+
+# apt_tool COMMAND PACKAGE TEST: install Debian's PACKAGE unless COMMAND is on PATH. Without
+# apt-get or root it says how and carries on; a failed install fails the script under CI.
+apt_tool() {
+    local command="$1" package="$2" test="$3" log
+    if command -v "$command" >/dev/null; then
+        echo "install_test_deps: $command already installed"
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null; then
+        echo "install_test_deps: $command not found and no apt-get; install $package for $test" >&2
+        [[ -z "${CI:-}" ]] || exit 1
+        return 0
+    fi
+    if ! as_root_prefix; then
+        echo "install_test_deps: $command not found; run \`sudo apt-get install $package\` for $test" >&2
+        [[ -z "${CI:-}" ]] || exit 1
+        return 0
     fi
     log="$(mktemp)"
     if "${as_root[@]}" apt-get update -qq >"$log" 2>&1 &&
-        "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >>"$log" 2>&1; then
-        echo "install_test_deps: installed $(chromium --version 2>/dev/null | head -n 1)"
+        "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
+            "$package" >>"$log" 2>&1; then
+        echo "install_test_deps: installed $("$command" --version 2>/dev/null | head -n 1)"
         rm -f "$log"
     else
-        echo "install_test_deps: apt-get install chromium failed (log: $log)" >&2
-        [[ -z "${CI:-}" ]] || exit 1  # under CI the browser test must run
+        echo "install_test_deps: apt-get install $package failed (log: $log)" >&2
+        [[ -z "${CI:-}" ]] || exit 1  # under CI these tests must run
+    fi
+}
+
+apt_tool chromium chromium tests/test_browser.py
+apt_tool blender blender tests/test_blender_addon.py
+
+# Debian's Blender 3.4 runs on the system Python without numpy, and its glTF add-on needs
+# numpy < 1.24 (np.bool etc.): a wheel for Blender's Python goes into build/blender-python,
+# which tests/test_blender_addon.py puts on Blender's PYTHONPATH.
+blender_site="$root/build/blender-python"
+if command -v blender >/dev/null; then
+    blender_python="$(blender -b --factory-startup --python-expr \
+        'import sys; print("PYVER=%d.%d" % sys.version_info[:2])' 2>/dev/null | sed -n 's/^PYVER=//p')"
+    if [[ -z "$blender_python" ]]; then
+        echo "install_test_deps: cannot run blender to find its Python version" >&2
+        [[ -z "${CI:-}" ]] || exit 1
+    elif PYTHONPATH="$blender_site" blender -b --factory-startup --python-exit-code 1 --python-expr \
+        'import numpy; assert tuple(map(int, numpy.__version__.split(".")[:2])) < (1, 24)' >/dev/null 2>&1; then
+        echo "install_test_deps: numpy for Blender's Python $blender_python already installed"
+    else
+        pip="$(command -v pip3 || command -v pip || true)"
+        [[ -n "$pip" ]] || pip="$root/.venv/bin/pip"
+        if "$pip" install -q --target "$blender_site" --upgrade --no-deps --only-binary=:all: \
+            --python-version "$blender_python" --implementation cp --platform manylinux2014_x86_64 \
+            "numpy<1.24"; then
+            echo "install_test_deps: installed numpy<1.24 for Blender's Python $blender_python in $blender_site"
+        else
+            echo "install_test_deps: cannot install numpy<1.24 for Blender's Python $blender_python" >&2
+            [[ -z "${CI:-}" ]] || exit 1
+        fi
     fi
 fi

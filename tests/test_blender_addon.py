@@ -1,0 +1,235 @@
+"""The Blender add-on in a real, headless Blender: `csd-texture blender-addon` writes the zip,
+Blender installs and enables it, and `bpy.ops.csd_texture.texture_selected()` textures a
+subdivided cube (with a Subdivision Surface modifier) and a skinned, animated arm through the
+real CLI and the tiny trained prior.
+
+Setup: tools/install_test_deps.sh installs Debian's Blender and numpy < 1.24 for its Python (in
+build/blender-python). Without Blender the test is skipped, or fails when CI is set.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_PRIOR = ROOT / "tests" / "data" / "tiny-prior"
+BLENDER_SITE = ROOT / "build" / "blender-python"
+TIMEOUT_S = 600
+
+# Runs inside Blender: builds the scene, installs the add-on, textures, writes what it found.
+DRIVER = r'''
+import json, sys
+import bmesh, bpy
+
+args = json.loads(sys.argv[sys.argv.index("--") + 1])
+bpy.ops.preferences.addon_install(filepath=args["zip"])
+bpy.ops.preferences.addon_enable(module="csd_texture_blender")
+prefs = bpy.context.preferences.addons["csd_texture_blender"].preferences
+prefs.executable, prefs.device, prefs.extra_args = args["executable"], "cpu", "--render-size 64"
+
+for obj in list(bpy.data.objects):
+    bpy.data.objects.remove(obj)
+
+# A cube cut into 3x3 quads per side, with its own material and a Subdivision Surface modifier.
+bpy.ops.mesh.primitive_cube_add(size=2.0, location=(-3.0, 0.0, 1.0))
+cube = bpy.context.object
+cube.name = "Cube"
+bm = bmesh.new(); bm.from_mesh(cube.data)
+bmesh.ops.subdivide_edges(bm, edges=bm.edges[:], cuts=2, use_grid_fill=True)
+bm.to_mesh(cube.data); bm.free()
+material = bpy.data.materials.new("CubeMaterial"); material.use_nodes = True
+cube.data.materials.append(material)
+cube.modifiers.new("Subdivision", "SUBSURF").levels = 1
+
+# An arm: a two-bone armature with a keyframed bend, and a cylinder skinned to it.
+bpy.ops.object.armature_add(location=(2.0, 0.0, 0.0))
+rig = bpy.context.object
+rig.name = "Rig"
+bpy.ops.object.mode_set(mode="EDIT")
+upper = rig.data.edit_bones[0]; upper.name = "upper"; upper.head, upper.tail = (0, 0, 0), (0, 0, 2)
+lower = rig.data.edit_bones.new("lower"); lower.head, lower.tail = (0, 0, 2), (0, 0, 4); lower.parent = upper
+bpy.ops.object.mode_set(mode="OBJECT")
+bone = rig.pose.bones["lower"]; bone.rotation_mode = "XYZ"
+bone.keyframe_insert("rotation_euler", frame=1); bone.rotation_euler = (0.8, 0, 0)
+bone.keyframe_insert("rotation_euler", frame=20); bone.rotation_euler = (0, 0, 0)
+bpy.ops.mesh.primitive_cylinder_add(vertices=16, radius=0.4, depth=4.0, location=(2.0, 0.0, 2.0))
+arm = bpy.context.object
+arm.name = "Arm"
+bm = bmesh.new(); bm.from_mesh(arm.data)
+bmesh.ops.subdivide_edges(bm, edges=[e for e in bm.edges if abs(e.verts[0].co.z - e.verts[1].co.z) > 1], cuts=5)
+bm.to_mesh(arm.data); bm.free()
+groups = {name: arm.vertex_groups.new(name=name) for name in ("upper", "lower")}
+for v in arm.data.vertices:
+    weight = min(max((v.co.z + 0.5), 0.0), 1.0)  # blend around the elbow (z = 0 in the mesh)
+    groups["lower"].add([v.index], weight, "REPLACE"); groups["upper"].add([v.index], 1 - weight, "REPLACE")
+arm.parent = rig
+arm.matrix_parent_inverse = rig.matrix_world.inverted()
+arm.modifiers.new("Armature", "ARMATURE").object = rig
+
+def snapshot():
+    objects = {}
+    for obj in (cube, arm):
+        mesh = obj.data
+        uv = mesh.uv_layers.get("csd_texture")
+        polygons = []
+        if uv is not None:
+            for polygon in mesh.polygons:
+                corners = [uv.data[i].uv for i in polygon.loop_indices]
+                area = 0.5 * abs(sum(a.x * b.y - b.x * a.y for a, b in zip(corners, corners[1:] + corners[:1])))
+                polygons.append([area, polygon.area])
+        materials = []
+        for slot in obj.material_slots:
+            tree = slot.material.node_tree
+            bsdf = next(n for n in tree.nodes if n.type == "BSDF_PRINCIPLED")
+            links = {l.to_socket.name: [l.from_node.bl_idname, l.from_socket.name,
+                                        l.from_node.image.colorspace_settings.name if l.from_node.type == "TEX_IMAGE" else None]
+                     for l in tree.links if l.to_node == bsdf}
+            upstream = {}
+            for l in tree.links:
+                if l.to_node.bl_idname in ("ShaderNodeSeparateColor", "ShaderNodeSeparateRGB", "ShaderNodeTexImage"):
+                    upstream[l.to_node.name + ":" + l.to_socket.name] = [l.from_node.bl_idname, getattr(l.from_node, "uv_map", None),
+                        getattr(getattr(l.from_node, "image", None), "colorspace_settings", None) and l.from_node.image.colorspace_settings.name,
+                        getattr(getattr(l.from_node, "image", None), "packed_file", None) is not None]
+            materials.append({"name": slot.material.name, "links": links, "upstream": upstream,
+                              "nodes": len(tree.nodes)})
+        objects[obj.name] = {
+            "modifiers": [m.type for m in obj.modifiers],
+            "parent": obj.parent.name if obj.parent else None,
+            "uv_layers": [layer.name for layer in mesh.uv_layers],
+            "active_uv": mesh.uv_layers.active.name if mesh.uv_layers.active else None,
+            "vertices": [tuple(round(c, 6) for c in v.co) for v in mesh.vertices],
+            "polygons": polygons, "materials": materials,
+            "uv_range": [min(d.uv[i] for d in uv.data for i in (0, 1)), max(d.uv[i] for d in uv.data for i in (0, 1))] if uv else None,
+        }
+    objects["Rig"] = {"action": rig.animation_data.action.name if rig.animation_data and rig.animation_data.action else None,
+                      "bones": [b.name for b in rig.data.bones]}
+    return objects
+
+bpy.ops.object.select_all(action="DESELECT")
+cube.select_set(True); arm.select_set(True)
+bpy.context.view_layer.objects.active = cube
+scene = bpy.context.scene.csd_texture
+scene.prompt, scene.preset, scene.steps, scene.seed, scene.texture_size = "a red box", "fast", 2, 3, 64
+report = {"before": snapshot(), "images_before": len(bpy.data.images)}
+
+prefs.model = args["missing_model"]  # a failing run first: the file must stay as it was
+try:
+    report["failed"] = list(bpy.ops.csd_texture.texture_selected())
+except RuntimeError as exc:
+    report["failed"] = str(exc)
+report["after_failure"] = snapshot()
+report["images_after_failure"] = len(bpy.data.images)
+
+prefs.model = args["model"]
+report["result"] = list(bpy.ops.csd_texture.texture_selected())
+report["after"] = snapshot()
+with open(args["report"], "w") as f:
+    json.dump(report, f)
+'''
+
+
+def blender() -> str:
+    path = shutil.which("blender")
+    if path is None:
+        reason = "blender is not on PATH; run tools/install_test_deps.sh (as root it installs Debian's blender)"
+        if os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="module")
+def textured(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """What the driver saw before, after a failing run and after a successful one."""
+    folder = tmp_path_factory.mktemp("blender")
+    executable = blender()
+    cli = Path(sys.executable).with_name("csd-texture")
+    addon = folder / "csd_texture_blender.zip"
+    subprocess.run([str(cli), "blender-addon", "-o", str(addon)], check=True, capture_output=True)
+    (folder / "driver.py").write_text(DRIVER)
+    report = folder / "report.json"
+    args = {"zip": str(addon), "executable": str(cli), "model": str(TINY_PRIOR), "report": str(report),
+            "missing_model": str(folder / "no-such-model")}
+    env = {**os.environ, "BLENDER_USER_CONFIG": str(folder / "config"), "BLENDER_USER_SCRIPTS": str(folder / "scripts"),
+           "PYTHONPATH": str(BLENDER_SITE), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([executable, "-b", "--factory-startup", "--python-exit-code", "1",
+                           "--python", str(folder / "driver.py"), "--", json.dumps(args)],
+                          capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    assert proc.returncode == 0 and report.is_file(), f"blender failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return json.loads(report.read_text())
+
+
+def test_addon_zip_holds_the_module(tmp_path: Path) -> None:
+    import zipfile
+
+    from csd_texture.blender_addon import write_addon_zip
+
+    first, second = write_addon_zip(tmp_path / "a.zip"), write_addon_zip(tmp_path / "b.zip")
+    names = zipfile.ZipFile(first).namelist()
+    assert "csd_texture_blender/__init__.py" in names and all(n.startswith("csd_texture_blender/") for n in names)
+    assert first.read_bytes() == second.read_bytes()  # reproducible
+    code = b"".join(zipfile.ZipFile(first).read(n) for n in names).decode()
+    assert not re.search(r"^\s*(import|from)\s+(torch|csd_texture\b)", code, re.M)  # Blender's Python has neither
+
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+def test_failed_run_reports_the_cli_error_and_leaves_the_file(textured: dict) -> None:
+    assert "error:" in textured["failed"] and "no-such-model" in textured["failed"], textured["failed"]
+    assert textured["after_failure"] == textured["before"]
+    assert textured["images_after_failure"] == textured["images_before"]
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+def test_texture_selected_wires_maps_into_the_objects_own_materials(textured: dict) -> None:
+    assert textured["result"] == ["FINISHED"]
+    after = textured["after"]
+    assert after["Cube"]["materials"][0]["name"] == "CubeMaterial"  # its own material, not a new one
+    for name in ("Cube", "Arm"):
+        for material in after[name]["materials"]:
+            links, upstream = material["links"], material["upstream"]
+            assert links["Base Color"] == ["ShaderNodeTexImage", "Color", "sRGB"], links
+            separate = links["Roughness"][0]
+            assert separate in ("ShaderNodeSeparateColor", "ShaderNodeSeparateRGB"), links
+            assert links["Roughness"][1] in ("G", "Green") and links["Metallic"][1] in ("B", "Blue"), links
+            images = [v for k, v in upstream.items() if k.endswith(":Vector")]
+            assert images and all(v[:2] == ["ShaderNodeUVMap", "csd_texture"] for v in images), upstream
+            colour_spaces = sorted(v[2] for k, v in upstream.items() if k.split(":")[1] in ("Color", "Red", "Image")
+                                   and v[0] == "ShaderNodeTexImage")
+            assert colour_spaces == ["Non-Color"], upstream  # the ORM image feeding Separate Color
+            assert all(v[3] for v in upstream.values() if v[0] == "ShaderNodeTexImage"), "images not packed"
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+def test_uv_map_follows_the_output_atlas(textured: dict) -> None:
+    """Every face gets a non-degenerate piece of the atlas with one texel density (xatlas packs
+    charts at a uniform scale): a corner looked up on the wrong output face breaks this."""
+    for name in ("Cube", "Arm"):
+        data = textured["after"][name]
+        assert data["uv_layers"][-1] == "csd_texture" and data["active_uv"] == "csd_texture"
+        low, high = data["uv_range"]
+        assert 0.0 <= low and high <= 1.0 and high - low > 0.5
+        ratios = sorted(uv / area for uv, area in data["polygons"])
+        assert ratios[0] > 0, f"{name}: a face collapsed to nothing in UV space"
+        assert ratios[-1] / ratios[0] < 4, (name, ratios[0], ratios[-1])
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+def test_objects_modifiers_armature_and_animation_are_kept(textured: dict) -> None:
+    before, after = textured["before"], textured["after"]
+    assert after["Cube"]["modifiers"] == ["SUBSURF"]
+    assert after["Arm"]["modifiers"] == ["ARMATURE"] and after["Arm"]["parent"] == "Rig"
+    assert after["Rig"] == before["Rig"] and after["Rig"]["action"]
+    for name in ("Cube", "Arm"):
+        assert after[name]["vertices"] == before[name]["vertices"]
