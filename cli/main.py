@@ -74,9 +74,18 @@ def common_options(func: Callable) -> Callable:
 def settings_options(func: Callable) -> Callable:
     """The options that map onto Config fields (shared by texture and batch)."""
     options = [
-        click.option("--model", help=f"Diffusers Stable Diffusion repo id or local folder "
-                     f"[default: $CSD_TEXTURE_MODEL or {default_model()}]."),
+        click.option("--model", help=f"Stable Diffusion 1.x/2.x or SDXL: diffusers folder, hub id or single-file "
+                     f".safetensors [default: $CSD_TEXTURE_MODEL or {default_model()}]."),
         click.option("--model-revision", help="Pin a hub revision (branch, tag or commit) of --model."),
+        click.option("--model-family", type=click.Choice(["sd1", "sd2", "sdxl"]),
+                     help="Family of a single-file --model checkpoint [default: detected from its keys]."),
+        click.option("--model-config", help="Diffusers folder or hub id whose configs describe a single-file "
+                     "--model [default: the family's reference model: SD 1.5, SD 2.1-base, SDXL base]."),
+        click.option("--lora", "loras", multiple=True, metavar="PATH[:SCALE]",
+                     help="LoRA weights (.safetensors file, folder or hub id) at SCALE [default: 1]; repeatable."),
+        click.option("--controlnet", metavar="depth|normal[=ID_OR_FOLDER]",
+                     help="Condition the guidance on the rendered depth or normals through a ControlNet "
+                          "[default: off; the ControlNet matching the model's family unless given]."),
         click.option("--preset", type=click.Choice(list(PRESETS)), default="balanced", show_default=True,
                      help="Steps, sizes and schedules chosen together."),
         click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -125,6 +134,10 @@ def build_config(config_file: Path | None, preset_name: str, options: dict[str, 
         "negative_prompt": options.get("negative_prompt"),
         "model": options.get("model"),
         "model_revision": options.get("model_revision"),
+        "model_family": options.get("model_family"),
+        "model_config": options.get("model_config"),
+        "loras": tuple(options["loras"]) if options.get("loras") else None,
+        "controlnet": options.get("controlnet"),
         "steps": options.get("steps"),
         "texture_size": options.get("texture_size"),
         "render_size": options.get("render_size"),
@@ -316,6 +329,26 @@ def parse_devices(text: str | None) -> list[int] | None:
         return [int(d) for d in text.split(",") if d.strip()]
     except ValueError:
         raise click.BadParameter(f"{text!r}: expected GPU numbers like 0,1,2,3", param_hint="--devices") from None
+
+
+@main.command("blender-addon")
+@click.option("--output", "-o", default="csd_texture_blender.zip", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="Where to write the add-on zip.")
+@common_options
+def blender_addon(output: Path, quiet: bool, verbose: bool) -> None:
+    """Write the Blender add-on (3.4 and 4.x) as a zip to install in Blender's preferences."""
+    setup_logging(quiet, verbose)
+
+    def action() -> None:
+        from csd_texture.blender_addon import write_addon_zip
+        from csd_texture.errors import ExportError
+
+        if not output.parent.is_dir():
+            raise ExportError(f"{output}: the output folder {output.parent} does not exist")
+        click.echo(f"wrote {write_addon_zip(output)}: install it in Blender with Edit > Preferences > "
+                   "Add-ons > Install, enable 'csd-texture', then use the csd-texture tab of the 3D view sidebar")
+
+    run_safely(verbose, action)
 
 
 if __name__ == "__main__":

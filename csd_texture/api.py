@@ -5,6 +5,7 @@ import logging
 import platform
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -13,10 +14,10 @@ import trimesh
 
 from .bake import bake_maps
 from .config import Config, edit_settings
-from .datatypes import MeshData, TextureResult
+from .datatypes import MeshData, PBRMaps, StepRecord
 from .devices import resolve_device
 from .errors import ConfigError, ExportError, MeshValidationError
-from .export import SUPPORTED_SUFFIXES, check_not_overwriting
+from .export import SUPPORTED_SUFFIXES, check_not_overwriting, export_textured_mesh
 from .guidance.csd import CSDGuidance
 from .mesh_io import load_mesh
 from .optimize import CSDObjective, Objective, optimize
@@ -29,6 +30,25 @@ from .version import __version__
 
 log = logging.getLogger(__name__)
 MeshSource = str | Path | trimesh.Trimesh | trimesh.Scene
+
+
+@dataclass
+class TextureResult:
+    """What texture_mesh returns: the mesh with UVs, the baked maps, where it was written,
+    the config used, per-step history and timings (seconds per stage)."""
+
+    mesh: MeshData
+    maps: PBRMaps
+    config: Config
+    history: list[StepRecord] = field(default_factory=list)
+    output_path: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the textured mesh; the extension picks the format (.glb, .gltf, .obj)."""
+        self.output_path = export_textured_mesh(self.mesh, self.maps, Path(path), self.metadata)
+        return self.output_path
 
 
 def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path | None = None, *,
@@ -69,6 +89,8 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
         maps = bake_maps(data, texture, config.texture_size, rasterizer, config.pad_texels)
     result = TextureResult(mesh=data, maps=maps, config=config, history=history, timings=timings)
     result.metadata = run_record(requested, timings, device, rasterizer.name)
+    if isinstance(objective, CSDObjective) and objective.guidance.info is not None:
+        result.metadata["model_loaded"] = objective.guidance.info.describe()  # family, prediction, LoRA, ControlNet
     result.metadata["skipped_steps"] = sum(record.skipped for record in history)  # non-finite steps
     if config != requested:
         result.metadata["effective_settings"] = config.to_dict()
@@ -83,7 +105,9 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
 def load_guidance(config: Config, device: torch.device | str | None = None) -> CSDGuidance:
     """Load the configured diffusion model once (reuse it across meshes)."""
     device = resolve_device(config.device) if device is None else torch.device(device)
-    return CSDGuidance.from_pretrained(config.model, config.model_revision, device)
+    return CSDGuidance.from_pretrained(config.model, config.model_revision, device, family=config.model_family,
+                                       model_config=config.model_config, loras=config.loras,
+                                       controlnet=config.controlnet)
 
 
 def run_record(config: Config, timings: dict[str, float], device: torch.device, renderer: str) -> dict[str, Any]:
@@ -161,4 +185,4 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
         bar.close()
 
 
-__all__ = ["MeshData", "load_guidance", "run_record", "texture_mesh"]
+__all__ = ["MeshData", "TextureResult", "load_guidance", "run_record", "texture_mesh"]

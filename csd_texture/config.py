@@ -1,8 +1,12 @@
 """Settings: dataclasses with defaults in code, presets, and YAML/JSON load/save."""
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +52,97 @@ class Schedule:
         return cls(values[0], values[1])
 
 
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def coerce_setting(name: str, value: Any, kind: Any) -> Any:
+    """`value` as the annotated type `kind` of setting `name`, from what JSON, YAML, CSV or Python
+    give (`"5"` -> 5, `"no"` -> False, `"1,0.5"` -> Schedule(1, 0.5)); ConfigError names the
+    setting, the value, its type and what was expected. Types it does not know pass unchanged."""
+    try:
+        return _coerce(value, kind)
+    except (TypeError, ValueError, ConfigError) as exc:
+        raise ConfigError(f"setting {name} = {value!r} ({type(value).__name__}): expected {exc}") from None
+
+
+def _coerce(value: Any, kind: Any) -> Any:
+    """The coercion rules of `coerce_setting`; raises ValueError("what was expected")."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+        if text not in _TRUE + _FALSE:
+            raise ValueError("true or false (yes/no, on/off, 1/0)")
+        return text in _TRUE
+    if kind is int:
+        number = _number(value, "a whole number")
+        if not float(number).is_integer():
+            raise ValueError("a whole number")
+        return int(number)
+    if kind is float:
+        return float(_number(value, "a number"))
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError("text")
+        return value
+    if kind is Schedule:
+        if isinstance(value, Schedule):
+            return value
+        if isinstance(value, bool):
+            raise ValueError("a number or START,END numbers")
+        parts = [value] if isinstance(value, (int, float)) else _items(value, "a number or START,END numbers")
+        if len(parts) not in (1, 2):
+            raise ValueError("a number or START,END numbers")
+        numbers = [float(_number(p, "a number or START,END numbers")) for p in parts]
+        return Schedule(numbers[0], numbers[-1])
+    if typing.get_origin(kind) is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: a single value is one item
+            items = [value] if isinstance(value, str) else _items(value, "a list")
+            return tuple(_coerce(item, args[0]) for item in items)
+        items = _items(value, f"{len(args)} comma-separated values")
+        if len(items) != len(args):
+            raise ValueError(f"{len(args)} values, got {len(items)}")
+        return tuple(_coerce(item, arg) for item, arg in zip(items, args))
+    return value
+
+
+def _number(value: Any, expected: str) -> float | int:
+    """A finite int or float from a number or its text (bools are not numbers here)."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(expected) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{expected} (finite)" if isinstance(value, float) else expected)
+    return value
+
+
+def _items(value: Any, expected: str) -> list[Any]:
+    """A list from a list/tuple or comma-separated text."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",")]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise ValueError(expected)
+
+
+@functools.cache
+def _setting_types() -> dict[str, Any]:
+    """Each Config field's resolved type annotation."""
+    return typing.get_type_hints(Config)
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything that decides a texturing run. Defaults are the `balanced` preset."""
@@ -56,6 +151,10 @@ class Config:
     negative_prompt: str = ""
     model: str = field(default_factory=default_model)
     model_revision: str | None = None
+    model_family: str | None = None  # sd1, sd2 or sdxl for a single-file checkpoint; None: detected
+    model_config: str | None = None  # folder or hub id with the configs of a single-file checkpoint
+    loras: tuple[str, ...] = ()  # "PATH[:SCALE]" each
+    controlnet: str | None = None  # "depth" or "normal", optionally "=ID_OR_FOLDER"
     steps: int = 600
     texture_size: int = 1024
     render_size: int = 512
@@ -82,10 +181,10 @@ class Config:
     edit_strength: float = 0.5  # 0: stay close to the original ... 1: change freely
 
     def __post_init__(self) -> None:
-        for name in ("negative_weight", "timestep_min", "timestep_max"):
-            object.__setattr__(self, name, Schedule.parse(getattr(self, name)))
-        for name in ("elevation_range", "fov_range"):
-            object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
+        for name, kind in _setting_types().items():  # every field, by its annotation: new fields too
+            object.__setattr__(self, name, coerce_setting(name, getattr(self, name), kind))
+        loras = (self.loras,) if isinstance(self.loras, str) else self.loras
+        object.__setattr__(self, "loras", tuple(str(x) for x in loras))
         self.validate()
 
     def validate(self) -> None:
@@ -102,6 +201,10 @@ class Config:
             (self.renderer in ("auto", "torch", "nvdiffrast"),
              f"renderer must be auto, torch or nvdiffrast, got {self.renderer!r}"),
             (self.map_bits in (8, 16), f"map_bits must be 8 or 16, got {self.map_bits}"),
+            (self.model_family in (None, "sd1", "sd2", "sdxl"),
+             f"model_family must be sd1, sd2 or sdxl, got {self.model_family!r}"),
+            (self.controlnet is None or self.controlnet.partition("=")[0] in ("depth", "normal"),
+             f"controlnet must be depth or normal (optionally =ID_OR_FOLDER), got {self.controlnet!r}"),
             (0.0 <= self.unlit_fraction <= 1.0, "unlit_fraction must be within [0, 1]"),
             (0.0 <= self.edit_strength <= 1.0, f"edit_strength must be within [0, 1], got {self.edit_strength}"),
             (all(0.0 <= s.start <= 1.0 and 0.0 <= s.end <= 1.0 for s in (self.timestep_min, self.timestep_max)),
@@ -123,7 +226,7 @@ class Config:
         data = asdict(self)
         for name in ("negative_weight", "timestep_min", "timestep_max"):
             data[name] = [data[name]["start"], data[name]["end"]]
-        for name in ("elevation_range", "fov_range"):
+        for name in ("elevation_range", "fov_range", "loras"):
             data[name] = list(data[name])
         return data
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 import torch
@@ -16,21 +16,24 @@ from .cameras import bounding_radius, random_cameras, view_bucket_index
 from .config import Config
 from .datatypes import CameraBatch, Lighting, PromptEmbeds, StepRecord
 from .errors import OptimizationError
+from .guidance.controlnet import control_images
 from .guidance.csd import CSDGuidance
 from .lighting import random_lighting
 from .render.base import Rasterizer
-from .render.views import Surface, render_views
+from .render.views import RenderOutput, Surface, render_views
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ViewBatch:
-    """The random views of one step: cameras, lighting and background colour (B, 3)."""
+    """The random views of one step: cameras, lighting and background colour (B, 3); `rendered`:
+    what the loop rendered from them (depth and normals for a ControlNet), once rendered."""
 
     cameras: CameraBatch
     lighting: Lighting
     background: torch.Tensor
+    rendered: RenderOutput | None = None
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,12 @@ class CSDObjective:
     def __call__(self, images: torch.Tensor, views: ViewBatch, progress: float,
                  generator: torch.Generator) -> ObjectiveOutput:
         view_index = view_bucket_index(views.cameras.elevation, views.cameras.azimuth)
+        control = self.guidance.control
+        geometry = views.rendered
+        control_image = (control_images(control.kind, geometry.depth, geometry.normal, geometry.mask)
+                         if control is not None else None)
         out = self.guidance(images, view_index, self.embeds, self.config, progress, generator, self.use_negative,
-                            self.noise_generator)
+                            self.noise_generator, control_image)
         return ObjectiveOutput(out.loss, out.timestep, out.negative_weight)
 
 
@@ -113,8 +120,9 @@ def optimize(texture: torch.nn.Module, surface: Surface, rasterizer: Rasterizer,
     for step in range(config.steps):
         progress = step / max(config.steps - 1, 1)
         views = sample_views(config, generator, radius, up_axis, device)
-        images = render_views(surface, texture, views.cameras, views.lighting, rasterizer, views.background).image
-        out = objective(images, views, progress, generator)
+        rendered = render_views(surface, texture, views.cameras, views.lighting, rasterizer, views.background)
+        views = replace(views, rendered=rendered)
+        out = objective(rendered.image, views, progress, generator)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         finite = _all_finite(out.loss, parameters)

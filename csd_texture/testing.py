@@ -1,4 +1,4 @@
-"""Tiny Stable Diffusion pipelines built in code, for tests, `doctor` and benchmarks.
+"""Tiny Stable Diffusion (SD, SDXL, ControlNet) models built in code, for tests, `doctor` and benchmarks.
 
 The folders written here load with the same public code path as a real model
 (``--model FOLDER``), so nothing downstream knows it is tiny.
@@ -64,8 +64,8 @@ def build_tokenizer(words: tuple[str, ...] = (), model_max_length: int = 16):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
-def sd_ddpm_scheduler():
-    """Stable Diffusion's training noise schedule (scaled-linear betas, epsilon prediction)."""
+def sd_ddpm_scheduler(prediction_type: str = "epsilon"):
+    """Stable Diffusion's training noise schedule (scaled-linear betas; epsilon or v_prediction)."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(
@@ -75,7 +75,7 @@ def sd_ddpm_scheduler():
         beta_schedule="scaled_linear",
         steps_offset=1,
         clip_sample=False,
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
     )
 
 
@@ -84,11 +84,12 @@ def build_tiny_pipeline(
     image_size: int = 64,
     words: tuple[str, ...] = (),
     text_width: int = 32,
+    prediction_type: str = "epsilon",
 ):
     """A randomly initialised StableDiffusionPipeline: tiny UNet, a VAE whose latent is 1/8 of
-    the image, a tiny CLIP text encoder and a tokenizer built in code."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    the image, a tiny CLIP text encoder and a tokenizer built in code. A v_prediction model gets
+    SD 2's linear-projection attention (so it is detected as sd2, like SD-2.1-768)."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(words)
@@ -103,8 +104,25 @@ def build_tiny_pipeline(
         cross_attention_dim=text_width,
         attention_head_dim=8,
         norm_num_groups=8,
+        use_linear_projection=prediction_type == "v_prediction",
     )
-    vae = AutoencoderKL(
+    return StableDiffusionPipeline(
+        vae=_tiny_vae(image_size),
+        text_encoder=_tiny_text_encoder(tokenizer, text_width),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=sd_ddpm_scheduler(prediction_type),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _tiny_vae(image_size: int):
+    """A random AutoencoderKL with 4 latent channels at 1/8 of the image size."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         block_out_channels=(8, 16, 32, 32),
@@ -115,7 +133,14 @@ def build_tiny_pipeline(
         norm_num_groups=8,
         sample_size=image_size,
     )
-    text_encoder = CLIPTextModel(
+
+
+def _tiny_text_encoder(tokenizer, text_width: int, with_projection: bool = False):
+    """A random 2-layer CLIP text encoder (with a `text_width` projection for SDXL's second encoder)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return model_class(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
             hidden_size=text_width,
@@ -126,25 +151,70 @@ def build_tiny_pipeline(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            projection_dim=text_width,
         )
     )
-    scheduler = sd_ddpm_scheduler()
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0, image_size: int = 64, words: tuple[str, ...] = (), text_width: int = 32):
+    """A randomly initialised StableDiffusionXLPipeline: two tiny text encoders (the second with a
+    projection, whose pooled output and the size `time_ids` go into the UNet's added embedding),
+    a tiny UNet with `text_time` conditioning, the tiny VAE and an Euler sampler on SD's schedule."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(words)
+    time_embed_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2 * text_width,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=text_width + 6 * time_embed_dim,
+        norm_num_groups=8,
+    )
+    return StableDiffusionXLPipeline(
+        vae=_tiny_vae(image_size),
+        text_encoder=_tiny_text_encoder(tokenizer, text_width),
+        text_encoder_2=_tiny_text_encoder(tokenizer, text_width, with_projection=True),
         tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
         unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        scheduler=EulerDiscreteScheduler.from_config(sd_ddpm_scheduler().config),
     )
 
 
-def save_tiny_pipeline(folder: str | Path, seed: int = 0, image_size: int = 64) -> Path:
-    """Build a tiny random pipeline and `save_pretrained` it to `folder`; returns the folder."""
+def build_tiny_controlnet(unet, seed: int = 0):
+    """A ControlNet copied from a tiny UNet (`ControlNetModel.from_unet`) with random zero-convolutions
+    (a fresh ControlNet's are all zero, so it would change nothing)."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    with torch.no_grad():
+        for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            torch.nn.init.normal_(block.weight, std=0.02)
+    return controlnet
+
+
+def save_tiny_pipeline(folder: str | Path, seed: int = 0, image_size: int = 64, family: str = "sd",
+                       prediction_type: str = "epsilon") -> Path:
+    """Build a tiny random pipeline (`family` sd or sdxl) and `save_pretrained` it to `folder`;
+    returns the folder."""
     folder = Path(folder)
-    build_tiny_pipeline(seed=seed, image_size=image_size).save_pretrained(folder)
+    if family == "sdxl":
+        pipe = build_tiny_sdxl_pipeline(seed=seed, image_size=image_size)
+    else:
+        pipe = build_tiny_pipeline(seed=seed, image_size=image_size, prediction_type=prediction_type)
+    pipe.save_pretrained(folder)
     return folder
 
 
