@@ -15,7 +15,7 @@ $(BIN)/python:
 # CUDA machines: install torch for your CUDA first, then `pip install -e ".[cuda,test]"` (README).
 $(VENV)/.installed: $(BIN)/python pyproject.toml requirements/cpu.txt
 	$(BIN)/pip install -q -r requirements/cpu.txt
-	$(BIN)/pip install -q -e ".[test,ray]"
+	$(BIN)/pip install -q -e ".[test,ray,serve]"
 	touch $@
 
 install: $(VENV)/.installed

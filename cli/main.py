@@ -351,5 +351,25 @@ def blender_addon(output: Path, quiet: bool, verbose: bool) -> None:
     run_safely(verbose, action)
 
 
+@main.command("blender-addon")
+@click.option("--output", "-o", default="csd_texture_blender.zip", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="Where to write the add-on zip.")
+@common_options
+def blender_addon(output: Path, quiet: bool, verbose: bool) -> None:
+    """Write the Blender add-on (3.4 and 4.x) as a zip to install in Blender's preferences."""
+    setup_logging(quiet, verbose)
+
+    def action() -> None:
+        from csd_texture.blender_addon import write_addon_zip
+        from csd_texture.errors import ExportError
+
+        if not output.parent.is_dir():
+            raise ExportError(f"{output}: the output folder {output.parent} does not exist")
+        click.echo(f"wrote {write_addon_zip(output)}: install it in Blender with Edit > Preferences > "
+                   "Add-ons > Install, enable 'csd-texture', then use the csd-texture tab of the 3D view sidebar")
+
+    run_safely(verbose, action)
+
+
 if __name__ == "__main__":
     main()
