@@ -21,7 +21,7 @@ _EXPORTS = {
     "save_config": "config",
     "MeshData": "datatypes",
     "PBRMaps": "datatypes",
-    "TextureResult": "datatypes",
+    "TextureResult": "api",
     "CSDTextureError": "errors",
 }
 

@@ -6,9 +6,6 @@ at the top; UV origin is bottom-left; albedo is linear.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 import torch
 
@@ -141,24 +138,3 @@ class StepRecord:
     negative_weight: float
     elapsed: float
     skipped: bool = False
-
-
-@dataclass
-class TextureResult:
-    """What texture_mesh returns: the mesh with UVs, the baked maps, where it was written,
-    the config used, per-step history and timings (seconds per stage)."""
-
-    mesh: MeshData
-    maps: PBRMaps
-    config: Any
-    history: list[StepRecord] = field(default_factory=list)
-    output_path: Path | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the textured mesh; the extension picks the format (.glb, .gltf, .obj)."""
-        from .export import export_textured_mesh
-
-        self.output_path = export_textured_mesh(self.mesh, self.maps, Path(path), self.metadata)
-        return self.output_path

@@ -1,0 +1,62 @@
+"""MeshData -> world-space arrays ready to write (both writers use them)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from ..datatypes import MeshData
+from ..errors import ExportError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """World-space arrays ready to write. world: (V, 3) float64 positions; centre: (3,)
+    float64 bounding-box centre; normals: (V, 3) float32 unit; uv: (V, 2) float32
+    bottom-left origin; faces: (F, 3) uint32, wound counter-clockwise in world space."""
+
+    world: np.ndarray
+    centre: np.ndarray
+    normals: np.ndarray
+    uv: np.ndarray
+    faces: np.ndarray
+
+    def offsets(self) -> np.ndarray:
+        """(V, 3) float32 positions relative to the centre (what glTF stores)."""
+        return (self.world - self.centre).astype(np.float32)
+
+
+def unit_normals(normals: np.ndarray, name: str) -> np.ndarray:
+    """Renormalise (V, 3) normals; zero or non-finite ones (degenerate faces, stray
+    vertices) become +Y, since glTF requires unit NORMAL vectors."""
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    bad = ~(np.isfinite(length) & (length > 1e-12))[:, 0]
+    if bad.any():
+        logger.warning("mesh '%s': %d zero or invalid normals written as +Y", name, int(bad.sum()))
+    return np.where(bad[:, None], [0.0, 1.0, 0.0], normals / np.where(bad[:, None], 1.0, length))
+
+
+def world_geometry(mesh: MeshData) -> Geometry:
+    """Transform `mesh` to its source world space; normals by the inverse transpose."""
+    if mesh.uv is None:
+        raise ExportError(f"mesh '{mesh.name}' has no UVs; unwrap it (uv stage) before exporting")
+    world = mesh.world_vertices()
+    if not np.all(np.isfinite(world)):
+        raise ExportError(f"mesh '{mesh.name}' has non-finite positions after to_source")
+    if not np.all(np.isfinite(mesh.uv)):
+        raise ExportError(f"mesh '{mesh.name}' has NaN or infinite UVs; re-run the unwrap")
+    linear = np.asarray(mesh.to_source, np.float64)[:3, :3]
+    normals = unit_normals(np.asarray(mesh.normals, np.float64) @ np.linalg.inv(linear), mesh.name)
+    faces = np.asarray(mesh.faces, np.int64)
+    if np.linalg.det(linear) < 0:  # a mirroring transform flips the winding
+        faces = faces[:, ::-1]
+    return Geometry(
+        world=world,
+        centre=(world.min(axis=0) + world.max(axis=0)) / 2.0,
+        normals=normals.astype(np.float32),
+        uv=np.asarray(mesh.uv, np.float32),
+        faces=np.ascontiguousarray(faces, dtype=np.uint32),
+    )
