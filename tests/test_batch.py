@@ -13,7 +13,7 @@ import pytest
 import trimesh
 from click.testing import CliRunner
 
-from csd_texture import batch
+from csd_texture.batch import runners as batch_runners
 from csd_texture.batch import BatchItem, discover_items, texture_folder, texture_many
 from csd_texture.config import Config
 from csd_texture.errors import ConfigError, InputError, ModelLoadError
@@ -143,8 +143,8 @@ def test_manifest_rows_override_settings(suffix: str, tiny_model_dir: str, tmp_p
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("mesh,prompt,colour\ncrate.stl,a crate,red\n", "assets.csv:1: unknown column(s) colour"),
-    ("mesh,prompt,seed\ncrate.stl,a crate,1\ncrate.stl,a crate,one\n", "assets.csv:3: seed: expected a whole number"),
-    ("mesh,prompt,keep_uv\ncrate.stl,a crate,maybe\n", "assets.csv:2: keep_uv: expected true or false"),
+    ("mesh,prompt,seed\ncrate.stl,a crate,1\ncrate.stl,a crate,one\n", "assets.csv:3: setting seed = 'one' (str): expected a whole number"),
+    ("mesh,prompt,keep_uv\ncrate.stl,a crate,maybe\n", "assets.csv:2: setting keep_uv = 'maybe' (str): expected true or false"),
     ("mesh,prompt,steps\ncrate.stl,a crate,-3\n", "assets.csv:2: steps must be >= 0"),
     ("prompt\na crate\n", "assets.csv:1: the header needs a 'mesh' column"),
     ("mesh,prompt\ncrate.stl,a crate,extra\n", "assets.csv:2: more values than header columns"),
@@ -160,8 +160,8 @@ def test_bad_csv_manifest_names_file_and_line(text: str, expected: str, tmp_path
 
 @pytest.mark.parametrize(("text", "expected"), [
     ('{"mesh": "a.obj", "prompt": "x"}\n\n{"mesh": "b.obj", "prompt": "x", "sed": 1}\n', "assets.jsonl:3: unknown column(s) sed"),
-    ('{"mesh": "a.obj", "prompt": "x", "steps": 1.5}\n', "assets.jsonl:1: steps: expected a whole number, got '1.5'"),
-    ('{"mesh": "a.obj", "prompt": 5}\n', "assets.jsonl:1: prompt: expected text"),
+    ('{"mesh": "a.obj", "prompt": "x", "steps": 1.5}\n', "assets.jsonl:1: setting steps = 1.5 (float): expected a whole number"),
+    ('{"mesh": "a.obj", "prompt": 5}\n', "assets.jsonl:1: setting prompt = 5 (int): expected text"),
     ('{"mesh": "a.obj", "prompt": "x"\n', "assets.jsonl:1: not valid JSON"),
     ('["a.obj", "x"]\n', "assets.jsonl:1: expected a JSON object"),
 ])
@@ -249,14 +249,14 @@ def test_resume_skips_up_to_date_and_redoes_changed(tiny_model_dir: str, tmp_pat
 def test_interrupt_keeps_finished_work_and_resumes(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: str,
                                                    tmp_path: Path) -> None:
     lib, out = make_library(tmp_path / "lib"), tmp_path / "out"
-    real = batch.texture_mesh
+    real = batch_runners.texture_mesh
 
     def interrupted_on_second(*args, **kwargs):
         if len(list(out.rglob("*.glb"))) == 1:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "texture_mesh", interrupted_on_second)
+    monkeypatch.setattr(batch_runners, "texture_mesh", interrupted_on_second)
     with pytest.raises(KeyboardInterrupt):
         list(texture_folder(lib, out, "a toy", model=tiny_model_dir, progress=False, **SIZES))
     report = report_of(out)
@@ -264,7 +264,7 @@ def test_interrupt_keeps_finished_work_and_resumes(monkeypatch: pytest.MonkeyPat
     assert report["counts"] == {"succeeded": 1, "skipped": 0, "failed": 0, "pending": 2}
     assert len(list(out.rglob("*.glb"))) == 1 and not list(out.rglob(".*"))
 
-    monkeypatch.setattr(batch, "texture_mesh", real)
+    monkeypatch.setattr(batch_runners, "texture_mesh", real)
     results = list(texture_folder(lib, out, "a toy", model=tiny_model_dir, progress=False, **SIZES))
     assert sorted(r.status for r in results) == ["skipped", "succeeded", "succeeded"]
 

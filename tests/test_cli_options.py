@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 import pytest
 
-from csd_texture.config import PRESETS, Schedule, save_config, preset
+from csd_texture.config import PRESETS, Config, Schedule, load_config, preset, save_config
+from csd_texture.errors import ConfigError
 from csd_texture_cli.main import build_config, parse_timestep_range
 
 
@@ -53,3 +54,89 @@ def test_config_from_an_output_record(tmp_path) -> None:
     path = tmp_path / "out.json"
     path.write_text(json.dumps(record))
     assert load_config(path) == preset("fast", prompt="a chair", seed=11)
+
+
+# ----------------------------------------------------------------------------- Config types
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({"steps": "5"}, {"steps": 5}),
+    ({"steps": 5.0, "seed": " 7 "}, {"steps": 5, "seed": 7}),
+    ({"keep_uv": "no", "edit": "Yes"}, {"keep_uv": False, "edit": True}),
+    ({"keep_uv": 1}, {"keep_uv": True}),
+    ({"learning_rate": "0.01"}, {"learning_rate": 0.01}),
+    ({"elevation_range": "0, 30"}, {"elevation_range": (0.0, 30.0)}),
+    ({"negative_weight": "1,0.2", "timestep_max": 0.6}, {"negative_weight": Schedule(1.0, 0.2),
+                                                         "timestep_max": Schedule(0.6, 0.6)}),
+])
+def test_config_coerces_text_and_numbers_to_each_settings_type(settings: dict, expected: dict) -> None:
+    config = Config.from_dict(settings)
+    for name, value in expected.items():
+        assert getattr(config, name) == value and type(getattr(config, name)) is type(value)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"steps": "5x"}, "setting steps = '5x' (str): expected a whole number"),
+    ({"seed": 1.5}, "setting seed = 1.5 (float): expected a whole number"),
+    ({"texture_size": 1024.7}, "setting texture_size = 1024.7 (float): expected a whole number"),
+    ({"keep_uv": "maybe"}, "setting keep_uv = 'maybe' (str): expected true or false"),
+    ({"keep_uv": 2}, "setting keep_uv = 2 (int): expected true or false"),
+    ({"steps": True}, "setting steps = True (bool): expected a whole number"),
+    ({"elevation_range": [10]}, "setting elevation_range = [10] (list): expected 2 values, got 1"),
+    ({"fov_range": "a,b"}, "setting fov_range = 'a,b' (str): expected a number"),
+    ({"learning_rate": float("nan")}, "setting learning_rate = nan (float): expected a number (finite)"),
+    ({"prompt": 5}, "setting prompt = 5 (int): expected text"),
+    ({"negative_weight": [1, 2, 3]}, "setting negative_weight = [1, 2, 3] (list): expected a number or START,END"),
+])
+def test_config_refuses_wrong_types_naming_setting_value_type_and_expectation(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Config.from_dict(settings)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_config_file_with_text_values_loads_typed(suffix: str, tmp_path) -> None:
+    path = tmp_path / f"settings{suffix}"
+    path.write_text('{"steps": "5", "keep_uv": "no", "seed": "3"}' if suffix == ".json"
+                    else "steps: '5'\nkeep_uv: 'no'\nseed: '3'\n")
+    config = load_config(path)
+    assert (config.steps, config.keep_uv, config.seed) == (5, False, 3)
+
+
+def _settings_strategy():
+    """Random valid settings of the typed fields (hypothesis)."""
+    from hypothesis import strategies as st
+
+    unit = st.floats(0.0, 1.0, allow_nan=False)
+    return st.fixed_dictionaries({}, optional={
+        "prompt": st.text(max_size=20),
+        "steps": st.integers(0, 5000),
+        "seed": st.integers(0, 2**31),
+        "texture_size": st.integers(8, 4096),
+        "learning_rate": st.floats(1e-6, 1.0, allow_nan=False),
+        "keep_uv": st.booleans(),
+        "negative_weight": st.tuples(st.floats(-2, 2, allow_nan=False), st.floats(-2, 2, allow_nan=False)),
+        "timestep_max": st.tuples(unit, unit),
+        "elevation_range": st.tuples(st.floats(-89, 89, allow_nan=False), st.floats(-89, 89, allow_nan=False)),
+        "guidance": st.sampled_from(["csd", "sds"]),
+        "up_axis": st.sampled_from([None, "y", "-z"]),
+    })
+
+
+def test_config_round_trips_through_dict_json_and_yaml(tmp_path) -> None:
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(_settings_strategy())
+    def round_trip(values: dict) -> None:
+        config = Config.from_dict(values)
+        assert Config.from_dict(config.to_dict()) == config
+        for suffix in (".json", ".yaml"):
+            save_config(config, tmp_path / f"c{suffix}")
+            assert load_config(tmp_path / f"c{suffix}") == config
+        text = {k: ",".join(map(repr, v)) if isinstance(v, list) else str(v)  # every value as CSV text
+                for k, v in config.to_dict().items() if v is not None and k not in ("prompt", "negative_prompt",
+                                                                                    "source_prompt", "loras")}
+        assert Config.from_dict(text).updated(prompt=config.prompt) == config
+
+    round_trip()
