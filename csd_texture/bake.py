@@ -9,6 +9,7 @@ also keeps bilinear filtering and mipmaps free of seams.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 
@@ -101,8 +102,10 @@ def bake_maps(
     """Evaluate `sample(uv (1, h, S, 2), position (1, h, S, 3))` -> (albedo (..., 3),
     roughness (..., 1), metallic (..., 1)) at every texel of the UV G-buffer, in row
     blocks, keep covered texels, pad charts by `pad_texels` and return float32 [0, 1] maps.
+    Runs on `device`, by default the texture's (a `sample` module's parameters), else the
+    rasterizer's.
     """
-    gbuffer = uv_gbuffer(mesh, size, rasterizer, device)
+    gbuffer = uv_gbuffer(mesh, size, rasterizer, device if device is not None else _device_of(sample, rasterizer))
     rows = max(1, SAMPLE_TEXELS // size)
     blocks = []
     with torch.no_grad():
@@ -119,6 +122,15 @@ def bake_maps(
         metallic=np.ascontiguousarray(maps[..., 4:5]),
         coverage=coverage.cpu().numpy(),
     )
+
+
+def _device_of(sample: Sampler, rasterizer: Rasterizer) -> torch.device:
+    """Where `sample` computes: its first parameter or buffer's device when it is a module (a
+    texture), else the rasterizer's device."""
+    if isinstance(sample, torch.nn.Module):
+        for tensor in itertools.chain(sample.parameters(), sample.buffers()):
+            return tensor.device
+    return torch.device(getattr(rasterizer, "device", "cpu"))
 
 
 def _stack_channels(outputs: tuple[torch.Tensor, ...], height: int, width: int) -> torch.Tensor:
