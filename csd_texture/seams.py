@@ -59,7 +59,8 @@ class CoveredTexture(torch.nn.Module):
         self.register_buffer("fallback", fallback.permute(2, 0, 1)[None])
         self.uv: list[torch.Tensor] = []
 
-    def forward(self, uv: torch.Tensor, position: torch.Tensor | None = None) -> SurfaceSample:
+    def forward(self, uv: torch.Tensor, position: torch.Tensor | None = None,
+                footprint: torch.Tensor | None = None) -> SurfaceSample:
         self.uv.append(uv.detach().cpu())
         grid = uv_to_grid(uv)
         total = _sample(self.weighted, grid)
@@ -128,8 +129,9 @@ def seam_report(mesh: MeshData, maps: PBRMaps, exported: Path, *, views: int = 2
     cameras = seam_cameras(views, size, radius, mesh.up_axis)
     reference_texture = CoveredTexture(maps).to(device)
     reference = render_batched(mesh, reference_texture, cameras, rasterizer, unlit=True, background=BACKGROUND)
-    actual = render_batched(placed, exported_texture.to(device), cameras, rasterizer, unlit=True,
-                            background=BACKGROUND)
+    exported_texture = exported_texture.to(device)
+    finest = lambda uv, position, footprint: exported_texture(uv, position)  # noqa: E731 - texel lookups, as the reference
+    actual = render_batched(placed, finest, cameras, rasterizer, unlit=True, background=BACKGROUND)
     surface, border = _surface_and_border(reference, torch.cat(reference_texture.uv), maps.coverage, border_texels)
     error = (actual.image - reference.image).abs().amax(dim=-1)
     report = {"views": cameras.batch_size, "size": size,

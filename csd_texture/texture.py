@@ -1,7 +1,16 @@
 """Learnable textures. The one place where raw parameters become PBR values.
 
-A texture maps surface points (their UV and normalised position) to linear albedo,
-roughness and metallic, all in [0, 1] through a sigmoid.
+A texture maps surface points (their UV, normalised position and, optionally, the pixel's
+footprint in UV units) to linear albedo, roughness and metallic. Albedo lies in [0, 1]
+through a sigmoid; roughness and metallic lie in a `MaterialRange` (a pinned value when
+low == high), so the optimiser can never reach a mirror or an unasked-for metal.
+
+`HybridTexture` (the default) keeps coarse and mid frequencies in dense 3D grids over
+position, where neighbours on the surface are neighbours in the parameters whatever the UV
+layout, and only the finest albedo detail in a UV image, sampled through a mip pyramid by
+the pixel's footprint. `UVPyramidTexture` (the old recipe, `texture="image"`) keeps every
+level in UV space, so a coarse texel spans many unrelated charts and blobs are cut at
+chart borders.
 """
 from __future__ import annotations
 
@@ -16,6 +25,8 @@ from .datatypes import PBRMaps
 
 CHANNELS = 5  # albedo RGB, roughness, metallic
 DEFAULT_INIT = {"albedo": 0.25, "roughness": 0.6, "metallic": 0.05}
+GRID_SIZES = (8, 16, 32, 64)  # dense 3D grid levels of HybridTexture over [-1, 1]^3
+MIN_MIP_SIZE = 4
 
 
 class SurfaceSample(NamedTuple):
@@ -26,18 +37,36 @@ class SurfaceSample(NamedTuple):
     metallic: torch.Tensor
 
 
+class MaterialRange(NamedTuple):
+    """Where roughness and metallic may go: (low, high) each, low == high pins the value."""
+
+    roughness: tuple[float, float] = (0.0, 1.0)
+    metallic: tuple[float, float] = (0.0, 1.0)
+
+
 def _logit(p: float | torch.Tensor) -> torch.Tensor:
     p = torch.as_tensor(p, dtype=torch.float32).clamp(1e-4, 1 - 1e-4)
     return torch.log(p / (1 - p))
 
 
-def _to_sample(raw: torch.Tensor) -> SurfaceSample:
-    values = torch.sigmoid(raw)
-    return SurfaceSample(values[..., :3], values[..., 3:4], values[..., 4:5])
+def _in_range(raw: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+    low, high = bounds
+    return low + (high - low) * torch.sigmoid(raw)
 
 
-def _init_bias() -> torch.Tensor:
-    values = [DEFAULT_INIT["albedo"]] * 3 + [DEFAULT_INIT["roughness"], DEFAULT_INIT["metallic"]]
+def _to_sample(raw: torch.Tensor, material: MaterialRange = MaterialRange()) -> SurfaceSample:
+    return SurfaceSample(torch.sigmoid(raw[..., :3]), _in_range(raw[..., 3:4], material.roughness),
+                         _in_range(raw[..., 4:5], material.metallic))
+
+
+def _init_bias(material: MaterialRange = MaterialRange()) -> torch.Tensor:
+    """Raw values that give DEFAULT_INIT (roughness and metallic clamped into their ranges)."""
+    def relative(value: float, bounds: tuple[float, float]) -> float:
+        low, high = bounds
+        return 0.5 if high <= low else min(max((value - low) / (high - low), 0.0), 1.0)
+
+    values = [DEFAULT_INIT["albedo"]] * 3 + [relative(DEFAULT_INIT["roughness"], material.roughness),
+                                             relative(DEFAULT_INIT["metallic"], material.metallic)]
     return _logit(torch.tensor(values))
 
 
@@ -46,43 +75,121 @@ def uv_to_grid(uv: torch.Tensor) -> torch.Tensor:
     return torch.stack([uv[..., 0] * 2 - 1, 1 - uv[..., 1] * 2], dim=-1)
 
 
+def mip_pyramid(image: torch.Tensor, min_size: int = MIN_MIP_SIZE) -> list[torch.Tensor]:
+    """(1, C, H, W) -> [image, image/2, ...] by 2x2 averaging (differentiable), down to min_size."""
+    levels = [image]
+    while min(levels[-1].shape[-2:]) // 2 >= min_size:
+        levels.append(F.avg_pool2d(levels[-1], 2))
+    return levels
+
+
+def mip_sample(levels: list[torch.Tensor], uv: torch.Tensor, footprint: torch.Tensor | None) -> torch.Tensor:
+    """Trilinear mip-mapped lookup, as GPUs (and nvdiffrast's 'linear-mipmap-linear') filter.
+
+    levels: mip pyramid of (1, C, H, W); uv: (B, h, w, 2); footprint: (B, h, w, 1) UV units per
+    pixel (None: finest level only, e.g. for baking). Level = log2(footprint * W), clamped.
+    Hand-written: torch has no mipmapped grid_sample on CPU and kornia none with per-pixel levels.
+    Returns (B, h, w, C).
+    """
+    grid = uv_to_grid(uv).to(levels[0].dtype)
+
+    def sample(level: torch.Tensor) -> torch.Tensor:
+        return F.grid_sample(level.expand(grid.shape[0], -1, -1, -1), grid, mode="bilinear",
+                             padding_mode="border", align_corners=False).permute(0, 2, 3, 1)
+
+    if footprint is None or len(levels) == 1:
+        return sample(levels[0])
+    lod = torch.log2((footprint * levels[0].shape[-1]).clamp(min=1e-8)).clamp(0, len(levels) - 1)
+    out = 0.0
+    for index, level in enumerate(levels):
+        weight = (1.0 - (lod - index).abs()).clamp(min=0.0)
+        if bool((weight > 0).any()):
+            out = out + weight * sample(level)
+    return out
+
+
 class UVPyramidTexture(torch.nn.Module):
-    """A UV texture stored as a multi-resolution pyramid whose levels are sampled and summed.
+    """A UV texture stored as a multi-resolution pyramid whose levels are sampled and summed
+    (the old recipe, `texture="image"`; kept for editing and comparison).
 
     Coarse levels let a few gradients move large areas early; the finest level holds detail.
     Sampling each level at the query points costs O(points * levels), not O(texture size).
     """
 
-    def __init__(self, size: int, min_size: int = 8) -> None:
+    def __init__(self, size: int, min_size: int = 8, material: MaterialRange = MaterialRange()) -> None:
         super().__init__()
         sizes = [size]
         while sizes[-1] // 2 >= min_size:
             sizes.append(sizes[-1] // 2)
         self.size = size
+        self.material = material
         self.levels = torch.nn.ParameterList(
             [torch.nn.Parameter(torch.zeros(1, CHANNELS, s, s)) for s in sizes]
         )
-        self.register_buffer("bias", _init_bias())
+        self.register_buffer("bias", _init_bias(material))
 
-    def forward(self, uv: torch.Tensor, position: torch.Tensor | None = None) -> SurfaceSample:
-        """uv: (B, H, W, 2) in [0, 1]; position is unused (kept for the shared interface)."""
+    def forward(self, uv: torch.Tensor, position: torch.Tensor | None = None,
+                footprint: torch.Tensor | None = None) -> SurfaceSample:
+        """uv: (B, H, W, 2) in [0, 1]; position and footprint are unused (shared interface)."""
         grid = uv_to_grid(uv).to(self.levels[0].dtype)
         raw = sum(
             F.grid_sample(level.expand(grid.shape[0], -1, -1, -1), grid, mode="bilinear",
                           padding_mode="border", align_corners=False)
             for level in self.levels
         )
-        return _to_sample(raw.permute(0, 2, 3, 1) + self.bias)
+        return _to_sample(raw.permute(0, 2, 3, 1) + self.bias, self.material)
 
     @torch.no_grad()
     def initialise_albedo(self, albedo_linear: torch.Tensor) -> None:
         """Start from an existing (H, W, 3) linear albedo image (row 0 = v 1), e.g. for editing."""
-        image = albedo_linear.permute(2, 0, 1)[None].to(self.levels[0])
-        image = F.interpolate(image, size=(self.size, self.size), mode="bilinear", antialias=True,
-                              align_corners=False)
+        image = _resized(albedo_linear, self.size).to(self.levels[0])
         for level in self.levels:
             level.zero_()
         self.levels[0][:, :3] = _logit(image) - self.bias[:3, None, None]
+
+
+class HybridTexture(torch.nn.Module):
+    """Coarse and mid frequencies in dense 3D grids over position, finest albedo in a UV image.
+
+    grids: one (1, 5, s, s, s) parameter per size in `grid_sizes`, covering [-1, 1]^3 (the
+    normalised mesh box), sampled trilinearly and summed: the cell of the finest grid (2/64 of
+    the box) is about 1% of the bounding diagonal, so everything coarser is seamless by
+    construction. detail: (1, 3, size, size) UV image of albedo only, mip-sampled by the
+    pixel's footprint; roughness and metallic come from the grids alone (smooth materials,
+    as DreamMat/Fantasia3D regularise them).
+    """
+
+    def __init__(self, size: int, grid_sizes: tuple[int, ...] = GRID_SIZES,
+                 material: MaterialRange = MaterialRange()) -> None:
+        super().__init__()
+        self.size = size
+        self.material = material
+        self.grids = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.zeros(1, CHANNELS, s, s, s)) for s in grid_sizes]
+        )
+        self.detail = torch.nn.Parameter(torch.zeros(1, 3, size, size))
+        self.register_buffer("bias", _init_bias(material))
+
+    def forward(self, uv: torch.Tensor, position: torch.Tensor,
+                footprint: torch.Tensor | None = None) -> SurfaceSample:
+        """uv (B, H, W, 2), position (B, H, W, 3) normalised, footprint (B, H, W, 1) or None."""
+        batch, height, width = position.shape[:3]
+        grid = position.to(self.detail.dtype).reshape(batch, 1, height, width, 3)
+        raw = sum(
+            F.grid_sample(level.expand(batch, -1, -1, -1, -1), grid, mode="bilinear",
+                          padding_mode="border", align_corners=True)
+            for level in self.grids
+        )[:, :, 0].permute(0, 2, 3, 1)
+        detail = mip_sample(mip_pyramid(self.detail), uv, footprint)
+        raw = raw + F.pad(detail, (0, CHANNELS - 3))
+        return _to_sample(raw + self.bias, self.material)
+
+    @torch.no_grad()
+    def initialise_albedo(self, albedo_linear: torch.Tensor) -> None:
+        """Start from an existing (H, W, 3) linear albedo image (row 0 = v 1), e.g. for editing."""
+        for level in self.grids:
+            level.zero_()
+        self.detail.copy_(_logit(_resized(albedo_linear, self.size).to(self.detail)) - self.bias[:3, None, None])
 
 
 class FourierFieldTexture(torch.nn.Module):
@@ -91,9 +198,11 @@ class FourierFieldTexture(torch.nn.Module):
     It does not depend on the UV layout; it is baked into UV maps at the end.
     """
 
-    def __init__(self, frequencies: int = 8, hidden: int = 64, layers: int = 3, seed: int = 0) -> None:
+    def __init__(self, frequencies: int = 8, hidden: int = 64, layers: int = 3, seed: int = 0,
+                 material: MaterialRange = MaterialRange()) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
+        self.material = material
         self.register_buffer("bands", (2.0 ** torch.arange(frequencies, dtype=torch.float32)) * math.pi)
         dims = [3 + 6 * frequencies] + [hidden] * layers + [CHANNELS]
         linears = []
@@ -104,28 +213,31 @@ class FourierFieldTexture(torch.nn.Module):
             linears.append(linear)
         torch.nn.init.zeros_(linears[-1].weight)
         self.mlp = torch.nn.ModuleList(linears)
-        self.register_buffer("bias", _init_bias())
+        self.register_buffer("bias", _init_bias(material))
 
-    def forward(self, uv: torch.Tensor, position: torch.Tensor) -> SurfaceSample:
-        """position: (..., 3) normalised world positions; uv is unused."""
+    def forward(self, uv: torch.Tensor, position: torch.Tensor,
+                footprint: torch.Tensor | None = None) -> SurfaceSample:
+        """position: (..., 3) normalised world positions; uv and footprint are unused."""
         angles = position[..., None] * self.bands  # (..., 3, F)
         x = torch.cat([position, angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)
         for i, linear in enumerate(self.mlp):
             x = linear(x)
             if i < len(self.mlp) - 1:
                 x = F.silu(x)
-        return _to_sample(x + self.bias)
+        return _to_sample(x + self.bias, self.material)
 
 
 class ImageTexture(torch.nn.Module):
-    """A fixed texture from images (e.g. baked maps or a source material), sampled bilinearly.
+    """A fixed texture from images (e.g. baked maps or a source material), mip-sampled by the
+    footprint when one is given (bilinear at the finest level otherwise).
 
     albedo: (H, W, 3) linear; roughness, metallic: (H, W, 1); all in [0, 1], row 0 = v 1.
     """
 
     def __init__(self, albedo: torch.Tensor, roughness: torch.Tensor, metallic: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("image", torch.cat([albedo, roughness, metallic], dim=-1).permute(2, 0, 1)[None].float())
+        image = torch.cat([albedo, roughness, metallic], dim=-1).permute(2, 0, 1)[None].float()
+        self.register_buffer("image", image)
 
     @classmethod
     def from_maps(cls, maps: PBRMaps) -> "ImageTexture":
@@ -138,18 +250,31 @@ class ImageTexture(torch.nn.Module):
         ones = torch.ones(*albedo.shape[:2], 1)
         return cls(albedo, ones * roughness, ones * metallic)
 
-    def forward(self, uv: torch.Tensor, position: torch.Tensor | None = None) -> SurfaceSample:
-        grid = uv_to_grid(uv).to(self.image.dtype)
-        values = F.grid_sample(self.image.expand(grid.shape[0], -1, -1, -1), grid, mode="bilinear",
-                               padding_mode="border", align_corners=False).permute(0, 2, 3, 1)
+    def forward(self, uv: torch.Tensor, position: torch.Tensor | None = None,
+                footprint: torch.Tensor | None = None) -> SurfaceSample:
+        levels = [self.image] if footprint is None else mip_pyramid(self.image)
+        values = mip_sample(levels, uv, footprint)
         return SurfaceSample(values[..., :3], values[..., 3:4], values[..., 4:5])
 
 
-def make_texture(kind: str, size: int, seed: int = 0) -> torch.nn.Module:
-    """The learnable texture for `Config.texture` ("image" or "field")."""
+TEXTURES = ("hybrid", "image", "field")
+
+
+def make_texture(kind: str, size: int, seed: int = 0, material: MaterialRange = MaterialRange()) -> torch.nn.Module:
+    """The learnable texture for `Config.texture` ("hybrid", "image" or "field")."""
     if kind == "field":
-        return FourierFieldTexture(seed=seed)
-    return UVPyramidTexture(size)
+        return FourierFieldTexture(seed=seed, material=material)
+    if kind == "image":
+        return UVPyramidTexture(size, material=material)
+    if kind == "hybrid":
+        return HybridTexture(size, material=material)
+    raise ValueError(f"unknown texture kind {kind!r}; choose one of {', '.join(TEXTURES)}")
+
+
+def _resized(image: torch.Tensor, size: int) -> torch.Tensor:
+    """(H, W, C) -> (1, C, size, size), antialiased."""
+    return F.interpolate(image.permute(2, 0, 1)[None].float(), size=(size, size), mode="bilinear",
+                         antialias=True, align_corners=False)
 
 
 def srgb_image_to_linear(image: np.ndarray) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from kornia.color import linear_rgb_to_rgb, rgb_to_linear_rgb
 
 from ..datatypes import Lighting
+from ..lighting import ROUGHNESS_LEVELS, EnvironmentLighting, direction_to_grid
 
 MIN_ROUGHNESS = 0.04  # keeps the GGX lobe finite
 DIELECTRIC_F0 = 0.04
@@ -80,6 +81,68 @@ def shade(
     lit = lit + per_view(lighting.ambient) * albedo
     unlit = lighting.unlit.to(albedo.device).view(batch, 1, 1, 1)
     return torch.where(unlit, albedo, lit)
+
+
+def shade_environment(albedo: torch.Tensor, roughness: torch.Tensor, metallic: torch.Tensor, normal: torch.Tensor,
+                      view_dir: torch.Tensor, lighting: EnvironmentLighting) -> torch.Tensor:
+    """Split-sum image-based lighting, as real-time glTF viewers shade (Karis 2013).
+
+    Shapes as `shade`. diffuse = albedo (1 - metallic) irradiance(n); specular =
+    prefiltered(reflect(-v, n), roughness) (F0 A + B), with (A, B) from Karis' analytic fit of the
+    DFG lookup table ("EnvBRDFApprox", no table to ship); both times the view's intensity, then
+    Khronos PBR Neutral tone mapping so highlights compress instead of clipping. Views with
+    lighting.unlit[b] return albedo.
+    """
+    batch = albedo.shape[0]
+    if lighting.index.shape != (batch,):
+        raise ValueError(f"lighting has {tuple(lighting.index.shape)} views for {batch}; build one entry per view")
+    envs = lighting.environments
+    n = normal * torch.where((normal * view_dir).sum(-1, keepdim=True) < 0, -1.0, 1.0)
+    n_v = (n * view_dir).sum(-1, keepdim=True).clamp(min=1e-4)
+    reflected = 2 * n_v * n - view_dir
+    rotation = lighting.rotation.to(albedo).view(batch, 1, 1, 3, 3)
+
+    def env_grid(direction: torch.Tensor) -> torch.Tensor:
+        return direction_to_grid(F.normalize((rotation @ direction[..., None])[..., 0], dim=-1, eps=1e-8))
+
+    index = lighting.index.to(albedo.device)
+    irradiance = F.grid_sample(envs.irradiance[index].to(albedo), env_grid(n), mode="bilinear",
+                               padding_mode="border", align_corners=False).permute(0, 2, 3, 1)
+    levels = torch.tensor(ROUGHNESS_LEVELS, device=albedo.device, dtype=albedo.dtype)
+    rough = roughness.clamp(0.0, 1.0)
+    level = torch.searchsorted(levels, rough.contiguous(), right=True).clamp(1, len(levels) - 1)
+    low, high = levels[level - 1], levels[level]
+    steps = len(levels) - 1
+    depth = (((level - 1) + (rough - low) / (high - low)) / steps * 2 - 1) * steps / len(levels)  # texel centres
+    grid3d = torch.cat([env_grid(reflected), depth], -1)[:, None]  # (B, 1, H, W, 3)
+    prefiltered = F.grid_sample(envs.specular[index].to(albedo), grid3d, mode="bilinear", padding_mode="border",
+                                align_corners=False)[:, :, 0].permute(0, 2, 3, 1)
+    c0 = torch.tensor([-1.0, -0.0275, -0.572, 0.022], device=albedo.device, dtype=albedo.dtype)
+    c1 = torch.tensor([1.0, 0.0425, 1.04, -0.04], device=albedo.device, dtype=albedo.dtype)
+    r = rough * c0 + c1
+    a004 = torch.minimum(r[..., 0:1] ** 2, torch.exp2(-9.28 * n_v)) * r[..., 0:1] + r[..., 1:2]
+    scale, bias = a004 * -1.04 + r[..., 2:3], a004 * 1.04 + r[..., 3:4]
+    f0 = DIELECTRIC_F0 + (albedo - DIELECTRIC_F0) * metallic
+    lit = albedo * (1.0 - metallic) * irradiance + prefiltered * (f0 * scale + bias)
+    lit = pbr_neutral_tonemap(lit * lighting.intensity.to(albedo).view(batch, 1, 1, 1))
+    unlit = lighting.unlit.to(albedo.device).view(batch, 1, 1, 1)
+    return torch.where(unlit, albedo, lit)
+
+
+def pbr_neutral_tonemap(rgb: torch.Tensor) -> torch.Tensor:
+    """Khronos PBR Neutral tone mapping (linear in, linear out in [0, 1]): base colours under
+    unit light stay as they are, highlights desaturate and compress smoothly below 1."""
+    start, desaturation = 0.8 - 0.04, 0.15
+    x = rgb.amin(-1, keepdim=True)
+    offset = torch.where(x < 0.08, x - 6.25 * x * x, torch.full_like(x, 0.04))
+    rgb = rgb - offset
+    peak = rgb.amax(-1, keepdim=True)
+    d = 1.0 - start
+    new_peak = 1.0 - d * d / (peak + d - start)
+    compressed = rgb * (new_peak / peak.clamp(min=1e-8))
+    g = 1.0 - 1.0 / (desaturation * (peak - new_peak) + 1.0)
+    compressed = compressed * (1.0 - g) + new_peak * g
+    return torch.where(peak < start, rgb, compressed)
 
 
 def composite(rgb: torch.Tensor, mask: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
