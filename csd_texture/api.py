@@ -7,7 +7,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import trimesh
@@ -51,13 +51,25 @@ class TextureResult:
         return self.output_path
 
 
+@dataclass(frozen=True)
+class StepProgress:
+    """What texture_mesh's `on_step` gets after each optimisation step: steps done of `total`,
+    and `preview(size)`, which bakes the texture as it is now into (size, size) maps (no grad)."""
+
+    step: int
+    total: int
+    preview: Callable[[int], PBRMaps]
+
+
 def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path | None = None, *,
                  config: Config | None = None, guidance: CSDGuidance | None = None,
-                 objective: Objective | None = None, progress: bool = True, **settings: Any) -> TextureResult:
+                 objective: Objective | None = None, progress: bool = True,
+                 on_step: Callable[[StepProgress], None] | None = None, **settings: Any) -> TextureResult:
     """Texture `mesh` (a file path or a trimesh object) towards `prompt`.
 
     Settings are Config fields (steps=..., texture_size=..., ...) or a whole `config`. Pass a
     loaded `guidance` to reuse a model across meshes, or an `objective` to replace CSD.
+    `on_step` is called with a StepProgress after every step (an exception it raises stops the run).
     Writes `output` (.glb, .gltf or .obj) when given; returns the maps, mesh, history and record.
     """
     requested = (config or Config()).updated(prompt=prompt, **settings)
@@ -83,8 +95,18 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
     texture = make_texture(config.texture, config.texture_size, config.seed).to(device)
     if config.edit:
         texture.initialise_albedo(srgb_to_linear(torch.from_numpy(data.base_color_image)).to(device))
-    with _timed(timings, "optimize"), _progress_bar(config.steps, progress) as on_step:
-        history = optimize(texture, surface, rasterizer, objective, config, data.up_axis, on_step)
+
+    def preview(size: int) -> PBRMaps:
+        with torch.no_grad():
+            return bake_maps(data, texture, size, rasterizer, max(1, config.pad_texels * size // config.texture_size))
+
+    with _timed(timings, "optimize"), _progress_bar(config.steps, progress) as bar_step:
+        def step_done(step: int, loss: torch.Tensor) -> None:
+            bar_step(step, loss)
+            if on_step is not None:
+                on_step(StepProgress(step + 1, config.steps, preview))
+
+        history = optimize(texture, surface, rasterizer, objective, config, data.up_axis, step_done)
     with _timed(timings, "bake"), torch.no_grad():
         maps = bake_maps(data, texture, config.texture_size, rasterizer, config.pad_texels)
     result = TextureResult(mesh=data, maps=maps, config=config, history=history, timings=timings)
@@ -185,4 +207,4 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
         bar.close()
 
 
-__all__ = ["MeshData", "TextureResult", "load_guidance", "run_record", "texture_mesh"]
+__all__ = ["MeshData", "StepProgress", "TextureResult", "load_guidance", "run_record", "texture_mesh"]
