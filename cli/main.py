@@ -331,22 +331,32 @@ def parse_devices(text: str | None) -> list[int] | None:
         raise click.BadParameter(f"{text!r}: expected GPU numbers like 0,1,2,3", param_hint="--devices") from None
 
 
-@main.command("blender-addon")
-@click.option("--output", "-o", default="csd_texture_blender.zip", show_default=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="Where to write the add-on zip.")
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 exposes the server to the network (no authentication).")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--model", help=f"Model for every job [default: $CSD_TEXTURE_MODEL or {default_model()}].")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="balanced", show_default=True,
+              help="Default settings of jobs (a job's own settings override them).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Jobs run at once, each with its own copy of the model (one per GPU).")
+@click.option("--max-upload-mb", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Largest upload (and largest unpacked zip) accepted.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where jobs are kept [default: ~/.cache/csd-texture/serve].")
 @common_options
-def blender_addon(output: Path, quiet: bool, verbose: bool) -> None:
-    """Write the Blender add-on (3.4 and 4.x) as a zip to install in Blender's preferences."""
+def serve(host: str, port: int, model: str | None, preset: str, device: str, workers: int, max_upload_mb: int,
+          data_dir: Path | None, quiet: bool, verbose: bool) -> None:
+    """Run the local web app: a page at http://HOST:PORT/ and an HTTP API (/api/jobs)."""
     setup_logging(quiet, verbose)
 
     def action() -> None:
-        from csd_texture.blender_addon import write_addon_zip
-        from csd_texture.errors import ExportError
+        from csd_texture.config import preset as preset_config
+        from csd_texture.serve import run_server
 
-        if not output.parent.is_dir():
-            raise ExportError(f"{output}: the output folder {output.parent} does not exist")
-        click.echo(f"wrote {write_addon_zip(output)}: install it in Blender with Edit > Preferences > "
-                   "Add-ons > Install, enable 'csd-texture', then use the csd-texture tab of the 3D view sidebar")
+        run_server(preset_config(preset, model=model, device=device), host=host, port=port, workers=workers,
+                   max_upload_mb=max_upload_mb, data_dir=data_dir)
 
     run_safely(verbose, action)
 
