@@ -45,8 +45,24 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from prior_common import (
+    TokenCache,
+    build_text_encoder,
+    cosine_lr,
+    hsv_to_rgb,
+    init_colour_path,
+    n_params,
+    save_pipeline,
+    uniform,
+)
 
-from csd_texture.testing import NAMED_HUES, build_tokenizer, hue_distance, mean_color_hsv, sd_ddpm_scheduler
+from csd_texture.testing import (
+    NAMED_HUES,
+    build_tokenizer,
+    hue_distance,
+    mean_color_hsv,
+    sd_ddpm_scheduler,
+)
 
 IMAGE_SIZE = 64
 COLOURS = ("red", "yellow", "green", "blue")
@@ -63,25 +79,12 @@ MAX_TOKENS = 16
 # synthetic data
 
 
-def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """h in degrees, s and v in [0, 1], shape (N,) -> sRGB (N, 3) in [0, 1]."""
-    out = []
-    for n in (5.0, 3.0, 1.0):
-        k = (n + h / 60.0) % 6.0
-        out.append(v - v * s * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
-    return torch.stack(out, -1)
-
-
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=g)
-
-
 def _shade_of(h, s, v, g):
     """A lighter or darker colour of the same hue (so the mean colour keeps the hue)."""
     n = h.shape[0]
     lighter = torch.rand(n, generator=g) < 0.5
-    s2 = torch.where(lighter, s * _uniform(n, 0.15, 0.6, g), s)
-    v2 = torch.where(lighter, torch.clamp(v + _uniform(n, 0.0, 0.3, g), max=1.0), v * _uniform(n, 0.25, 0.6, g))
+    s2 = torch.where(lighter, s * uniform(n, 0.15, 0.6, g), s)
+    v2 = torch.where(lighter, torch.clamp(v + uniform(n, 0.0, 0.3, g), max=1.0), v * uniform(n, 0.25, 0.6, g))
     return s2, v2
 
 
@@ -93,21 +96,21 @@ def pattern_masks(pattern: torch.Tensor, g: torch.Generator, size: int = IMAGE_S
     x, y = x[None], y[None]
     col = lambda t: t[:, None, None]  # noqa: E731
 
-    theta = col(_uniform(n, 0.0, math.pi, g))
-    period = col(_uniform(n, 8.0, 20.0, g))
-    phase = col(_uniform(n, 0.0, 1.0, g))
+    theta = col(uniform(n, 0.0, math.pi, g))
+    period = col(uniform(n, 8.0, 20.0, g))
+    phase = col(uniform(n, 0.0, 1.0, g))
     t = (x * torch.cos(theta) + y * torch.sin(theta)) / period + phase
     stripes = 0.5 + 0.5 * torch.clamp(torch.sin(2 * math.pi * t) * period / (2 * math.pi), -1.0, 1.0)
 
-    spacing = col(_uniform(n, 10.0, 20.0, g))
-    radius = spacing * col(_uniform(n, 0.2, 0.38, g))
-    ox, oy = col(_uniform(n, 0.0, 1.0, g)), col(_uniform(n, 0.0, 1.0, g))
+    spacing = col(uniform(n, 10.0, 20.0, g))
+    radius = spacing * col(uniform(n, 0.2, 0.38, g))
+    ox, oy = col(uniform(n, 0.0, 1.0, g)), col(uniform(n, 0.0, 1.0, g))
     dx = ((x / spacing + ox) % 1.0 - 0.5) * spacing
     dy = ((y / spacing + oy) % 1.0 - 0.5) * spacing
     dots = torch.clamp(radius - torch.sqrt(dx**2 + dy**2) + 0.5, 0.0, 1.0)
 
-    cell = col(_uniform(n, 6.0, 16.0, g))
-    rot = col(torch.where(torch.rand(n, generator=g) < 0.5, torch.zeros(n), _uniform(n, 0.0, math.pi / 2, g)))
+    cell = col(uniform(n, 6.0, 16.0, g))
+    rot = col(torch.where(torch.rand(n, generator=g) < 0.5, torch.zeros(n), uniform(n, 0.0, math.pi / 2, g)))
     u = (x * torch.cos(rot) + y * torch.sin(rot)) / cell + ox
     w = (-x * torch.sin(rot) + y * torch.cos(rot)) / cell + oy
     soft = lambda a: torch.clamp(torch.sin(math.pi * a) * cell / math.pi, -1.0, 1.0)  # noqa: E731
@@ -127,17 +130,17 @@ def sample_images(n: int, named_fraction: float, g: torch.Generator, size: int =
     pattern = torch.randint(0, len(PATTERNS), (n,), generator=g)
 
     centres = torch.tensor([NAMED_HUES[c] for c in COLOURS])
-    h_named = centres[colour.clamp(min=0)] + _uniform(n, -HUE_JITTER, HUE_JITTER, g)
-    h_any = _uniform(n, 0.0, 360.0, g)
+    h_named = centres[colour.clamp(min=0)] + uniform(n, -HUE_JITTER, HUE_JITTER, g)
+    h_any = uniform(n, 0.0, 360.0, g)
     h = torch.where(named, h_named, h_any) % 360.0
     grey = (torch.rand(n, generator=g) < 0.25) & ~named
-    s = torch.where(named, _uniform(n, 0.55, 1.0, g), torch.where(grey, torch.zeros(n), _uniform(n, 0.0, 1.0, g)))
-    v = torch.where(named, _uniform(n, 0.55, 1.0, g), _uniform(n, 0.03, 1.0, g))
+    s = torch.where(named, uniform(n, 0.55, 1.0, g), torch.where(grey, torch.zeros(n), uniform(n, 0.0, 1.0, g)))
+    v = torch.where(named, uniform(n, 0.55, 1.0, g), uniform(n, 0.03, 1.0, g))
     first = hsv_to_rgb(h, s, v)
 
     s2, v2 = _shade_of(h, s, v, g)
     shade = hsv_to_rgb(h, s2, v2)
-    mixture = hsv_to_rgb(_uniform(n, 0.0, 360.0, g), _uniform(n, 0.0, 1.0, g) * (torch.rand(n, generator=g) > 0.2), _uniform(n, 0.03, 1.0, g))
+    mixture = hsv_to_rgb(uniform(n, 0.0, 360.0, g), uniform(n, 0.0, 1.0, g) * (torch.rand(n, generator=g) > 0.2), uniform(n, 0.03, 1.0, g))
     use_mixture = (~named) & (torch.rand(n, generator=g) < 0.5)
     second = torch.where(use_mixture[:, None], mixture, shade)
 
@@ -147,8 +150,8 @@ def sample_images(n: int, named_fraction: float, g: torch.Generator, size: int =
     # soft shading gradient (multiplicative, keeps the hue) and a little noise, like a lit render
     c = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
     yy, xx = torch.meshgrid(c, c, indexing="ij")
-    psi = _uniform(n, 0.0, 2 * math.pi, g)[:, None, None]
-    gain = _uniform(n, -0.2, 0.2, g)[:, None, None] * (torch.rand(n, generator=g) < 0.7)[:, None, None]
+    psi = uniform(n, 0.0, 2 * math.pi, g)[:, None, None]
+    gain = uniform(n, -0.2, 0.2, g)[:, None, None] * (torch.rand(n, generator=g) < 0.7)[:, None, None]
     images = images * (1 + gain * (xx * torch.cos(psi) + yy * torch.sin(psi)))[:, None]
     images = images + 0.01 * torch.randn(images.shape, generator=g)
     return images.clamp(0.0, 1.0), colour, pattern
@@ -184,79 +187,8 @@ def make_caption(colour: int, pattern: int, g: torch.Generator) -> str:
 # models
 
 
-@torch.no_grad()
-def init_colour_path(vae, offset: float = 6.0) -> None:
-    """Start the autoencoder as an exact mean-colour autoencoder, then let training add patterns.
-
-    Trained from random weights, a GroupNorm autoencoder learns flat colours very slowly: every
-    path to the output goes through a GroupNorm, which removes the spatial mean (the colour) of a
-    flat image, and a random path attenuates the colour long before that. So here the skip path
-    is set by hand: residual branches and attention outputs start at zero (identity blocks), the
-    encoder is an 8x8 average pool of (+rgb, -rgb) channel pairs next to a constant pair (+B, -B)
-    that fixes the GroupNorm scale (norm_num_groups=1), the readout uses silu(a) - silu(-a) = a, and
-    the decoder is the nearest-neighbour mirror. Latent channels 0..2 start as the block's mean rgb
-    in [-1, 1], channel 3 at zero; the posterior log-variance starts at -6.
-    """
-    from diffusers.models.attention_processor import Attention
-    from diffusers.models.resnet import ResnetBlock2D
-
-    def eye_(weight, i=None, j=None):  # identity between the first min(out, in) channels
-        n = min(weight.shape[0], weight.shape[1])
-        idx = torch.arange(n)
-        if i is None:
-            weight[idx, idx] = 1.0
-        else:
-            weight[idx, idx, i, j] = 1.0
-
-    def centre(conv):
-        conv.weight.zero_()
-        conv.bias.zero_()
-        return conv.weight[:, :, 1, 1]
-
-    for m in vae.modules():
-        if isinstance(m, ResnetBlock2D):
-            m.conv2.weight.zero_()
-            m.conv2.bias.zero_()
-            if m.conv_shortcut is not None:
-                m.conv_shortcut.weight.zero_()
-                m.conv_shortcut.bias.zero_()
-                eye_(m.conv_shortcut.weight, 0, 0)
-        if isinstance(m, Attention):
-            m.to_out[0].weight.zero_()
-            m.to_out[0].bias.zero_()
-    for coder in (vae.encoder, vae.decoder):
-        w = centre(coder.conv_in)
-        for k in range(3):
-            w[2 * k, k], w[2 * k + 1, k] = 1.0, -1.0
-        coder.conv_in.bias[6], coder.conv_in.bias[7] = offset, -offset
-        coder.conv_norm_out.weight.fill_(1.0)
-        coder.conv_norm_out.bias.zero_()
-        w = centre(coder.conv_out)
-        sigma = (2 * offset**2 / coder.conv_out.in_channels) ** 0.5  # GroupNorm std of a flat grey image
-        for k in range(3):
-            w[k, 2 * k], w[k, 2 * k + 1] = sigma, -sigma
-    vae.encoder.conv_out.bias[vae.config.latent_channels:] = -6.0
-    for block in vae.encoder.down_blocks:
-        if block.downsamplers is not None:  # pads right/bottom, stride 2: taps (0..1, 0..1) = 2x2 average
-            conv = block.downsamplers[0].conv
-            conv.weight.zero_()
-            conv.bias.zero_()
-            for i in (0, 1):
-                for j in (0, 1):
-                    eye_(conv.weight, i, j)
-            conv.weight.mul_(0.25)
-    for block in vae.decoder.up_blocks:
-        if block.upsamplers is not None:
-            eye_(centre(block.upsamplers[0].conv))
-    for q in (vae.quant_conv, vae.post_quant_conv):
-        q.weight.zero_()
-        q.bias.zero_()
-        eye_(q.weight, 0, 0)
-
-
 def build_models(tokenizer):
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     vae = AutoencoderKL(
         in_channels=3,
@@ -270,19 +202,7 @@ def build_models(tokenizer):
         sample_size=IMAGE_SIZE,
     )
     init_colour_path(vae)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=TEXT_WIDTH,
-            intermediate_size=2 * TEXT_WIDTH,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = build_text_encoder(tokenizer, TEXT_WIDTH)
     unet = UNet2DConditionModel(
         sample_size=IMAGE_SIZE // 8,
         in_channels=4,
@@ -297,17 +217,6 @@ def build_models(tokenizer):
     )
     scheduler = sd_ddpm_scheduler()
     return vae, text_encoder, unet, scheduler
-
-
-def n_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def cosine_lr(step: int, total: int, base: float, warmup: int = 100, floor: float = 0.1) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,19 +280,6 @@ def encode_pool(vae, args, g, log):
     log(f"encoded pool of {args.pool} in {time.time() - t0:.1f}s; latent std {samples.std().item():.4f} "
         f"-> scaling_factor {scaling:.4f}; posterior std mean {stds.mean().item():.4f}")
     return means, stds, torch.cat(colours), torch.cat(patterns), scaling
-
-
-class TokenCache:
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: dict[str, list[int]] = {}
-
-    def __call__(self, captions: list[str]) -> torch.Tensor:
-        missing = [c for c in dict.fromkeys(captions) if c not in self.ids]
-        if missing:
-            enc = self.tokenizer(missing, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True)
-            self.ids.update(zip(missing, enc.input_ids))
-        return torch.tensor([self.ids[c] for c in captions])
 
 
 def train_unet(unet, text_encoder, scheduler, pool, tokens, args, g, log):
@@ -561,8 +457,6 @@ def main(argv=None):
         print(json.dumps(evaluate(args.out, log), indent=1))
         return
 
-    from diffusers import StableDiffusionPipeline
-
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     tokenizer = build_tokenizer(WORDS, model_max_length=MAX_TOKENS)
@@ -579,11 +473,7 @@ def main(argv=None):
     info["train_seconds"] = time.time() - t_start
     log(f"trained in {info['train_seconds'] / 60:.1f} min")
 
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.save_pretrained(args.out)
+    save_pipeline(args.out, vae, text_encoder, tokenizer, unet, scheduler)
     info.update(evaluate(args.out, log))
     (args.out / "train_report.json").write_text(json.dumps(info, indent=1) + "\n")
     log(f"saved {args.out}")
