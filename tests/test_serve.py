@@ -1,0 +1,287 @@
+"""`csd-texture serve`: the job API end to end over real HTTP (uvicorn) with the tiny trained
+prior, the safety of uploads (size, names, zips, bad meshes), cancel, and persistence."""
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("starlette", reason="needs the serve extra: pip install -e '.[serve]'")
+import uvicorn  # noqa: E402
+
+from csd_texture.config import preset  # noqa: E402
+from csd_texture.errors import CSDTextureError  # noqa: E402
+from csd_texture.mesh_io import load_mesh  # noqa: E402
+from csd_texture.serve.app import create_app  # noqa: E402
+from csd_texture.serve.jobs import INTERRUPTED, Job, JobStore  # noqa: E402
+from csd_texture.serve.worker import Workers  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+FUZE = DATA / "meshes" / "good" / "fuze.obj"
+DUCK = DATA / "meshes" / "good" / "Duck.glb"
+TINY_PRIOR = DATA / "tiny-prior"
+FAST = {"steps": 3, "texture_size": 64, "render_size": 64}
+MAX_UPLOAD_MB = 2
+TIMEOUT_S = 180
+
+
+class Client:
+    """A few lines of urllib: JSON in and out, multipart uploads."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def json(self, method: str, path: str, **kwargs) -> tuple[int, dict]:
+        status, body = self.request(method, path, **kwargs)
+        return status, json.loads(body) if body else {}
+
+    def submit(self, data: bytes, filename: str, prompt: str = "a red can", settings: dict | None = None
+               ) -> tuple[int, dict]:
+        boundary = uuid.uuid4().hex
+        fields = [("prompt", None, prompt.encode())]
+        if settings is not None:
+            fields.append(("settings", None, json.dumps(settings).encode()))
+        fields.append(("mesh", filename, data))
+        body = b""
+        for name, file_name, value in fields:
+            disposition = f'form-data; name="{name}"' + (f'; filename="{file_name}"' if file_name else "")
+            body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
+        body += f"--{boundary}--\r\n".encode()
+        return self.json("POST", "/api/jobs", body=body,
+                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+    def wait(self, job_id: str, states: tuple[str, ...] = ("done", "failed")) -> dict:
+        deadline = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < deadline:
+            status, job = self.json("GET", f"/api/jobs/{job_id}")
+            assert status == 200, job
+            if job["state"] in states:
+                return job
+            time.sleep(0.2)
+        pytest.fail(f"job {job_id} still {job['state']} after {TIMEOUT_S} s")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, JobStore]]:
+    """A real uvicorn server in a thread over a fresh job folder, one CPU worker, the tiny prior."""
+    root = tmp_path_factory.mktemp("serve")
+    store = JobStore(root / "jobs")
+    workers = Workers(store, preset("fast", model=str(TINY_PRIOR), device="cpu"), ["cpu"])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(store, workers, MAX_UPLOAD_MB * 2**20), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield Client(f"http://127.0.0.1:{sock.getsockname()[1]}"), store
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        workers.stop()
+
+
+def zip_bytes(members: dict[str, bytes], symlinks: tuple[str, ...] = ()) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            info = zipfile.ZipInfo(name)
+            if name in symlinks:
+                info.external_attr = (0o120777 << 16)
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*")}
+
+
+def test_job_end_to_end_writes_valid_outputs(served, gltf_validator, tmp_path: Path) -> None:
+    client, store = served
+    outside = store.root.parent
+    before = files_under(outside) - files_under(store.root)
+    status, reply = client.submit(FUZE.read_bytes(), "../../x.obj", settings=FAST)
+    assert status == 202, reply
+    job = client.wait(reply["id"])
+    assert job["state"] == "done", job
+    assert job["progress"] == 1.0 and job["step"] == job["total"] == FAST["steps"] and job["error"] is None
+    assert job["input_name"] == "x.obj"
+    # the client's name decided nothing: the upload is the job folder's input/mesh.obj
+    assert (store.folder(job["id"]) / "input" / "mesh.obj").read_bytes() == FUZE.read_bytes()
+    assert files_under(outside) - files_under(store.root) == before and not (outside / "x.obj").exists()
+
+    status, glb = client.request("GET", f"/api/jobs/{job['id']}/result.glb")
+    assert status == 200 and glb[:4] == b"glTF"
+    (tmp_path / "result.glb").write_bytes(glb)
+    for kind, suffix in (("gltf", ".gltf"), ("obj", ".obj")):
+        status, data = client.request("GET", f"/api/jobs/{job['id']}/result.{kind}.zip")
+        assert status == 200, data
+        zipfile.ZipFile(io.BytesIO(data)).extractall(tmp_path / kind)
+        assert (tmp_path / kind / f"result{suffix}").is_file()
+    gltf_validator(tmp_path / "result.glb", tmp_path / "gltf" / "result.gltf")
+    status, data = client.request("GET", f"/api/jobs/{job['id']}/maps.zip")
+    assert status == 200 and {"basecolor.png", "roughness.png", "metallic.png", "orm.png"} <= set(
+        zipfile.ZipFile(io.BytesIO(data)).namelist())
+    status, png = client.request("GET", f"/api/jobs/{job['id']}/maps/basecolor.png")
+    assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+    status, png = client.request("GET", f"/api/jobs/{job['id']}/preview.png")
+    assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+    status, listing = client.json("GET", "/api/jobs")
+    assert job["id"] in [j["id"] for j in listing["jobs"]]
+
+
+def test_three_concurrent_jobs_all_finish(served) -> None:
+    client, _ = served
+    ids = []
+    for prompt in ("a red can", "a blue can", "a green can"):
+        status, reply = client.submit(FUZE.read_bytes(), "fuze.obj", prompt=prompt, settings={**FAST, "steps": 2})
+        assert status == 202, reply
+        ids.append(reply["id"])
+    assert len(set(ids)) == 3
+    jobs = [client.wait(job_id) for job_id in ids]
+    assert [j["state"] for j in jobs] == ["done"] * 3, jobs
+    assert [j["prompt"] for j in jobs] == ["a red can", "a blue can", "a green can"]
+
+
+def test_a_bad_mesh_fails_its_job_with_the_cli_message(served, tmp_path: Path) -> None:
+    client, _ = served
+    garbage = b"v 0 0 0\nv nan 1 0\nf 1 2 3\n"
+    status, reply = client.submit(garbage, "broken.obj", settings=FAST)
+    assert status == 202, reply
+    job = client.wait(reply["id"])
+    (tmp_path / "mesh.obj").write_bytes(garbage)
+    with pytest.raises(CSDTextureError) as expected:
+        load_mesh(tmp_path / "mesh.obj")
+    assert job["state"] == "failed" and str(expected.value).split(": ", 1)[1] in job["error"], job
+    assert client.json("GET", "/api/jobs")[0] == 200  # the server lives on
+    status, reply = client.json("GET", f"/api/jobs/{job['id']}/result.glb")
+    assert status == 409 and "failed" in reply["error"]
+
+
+@pytest.mark.parametrize("filename, settings, prompt, fragment", [
+    ("notes.txt", FAST, "a can", "unsupported upload"),
+    ("fuze.obj", FAST, "  ", "prompt is required"),
+    ("fuze.obj", {"stepz": 3}, "a can", "stepz"),
+    ("fuze.obj", {"model": "/elsewhere"}, "a can", "model cannot be set per job"),
+    ("fuze.obj", {"texture_size": 2}, "a can", "texture_size"),
+])
+def test_bad_requests_are_refused_in_one_line(served, filename, settings, prompt, fragment) -> None:
+    client, store = served
+    jobs = len(store.recent(1000))
+    status, reply = client.submit(FUZE.read_bytes(), filename, prompt=prompt, settings=settings)
+    assert status == 400 and fragment in reply["error"] and "\n" not in reply["error"], reply
+    assert len(store.recent(1000)) == jobs
+
+
+def test_uploads_over_the_limit_are_refused(served) -> None:
+    client, store = served
+    folders = set(store.root.iterdir())
+    status, reply = client.submit(b"v 0 0 0\n" * (MAX_UPLOAD_MB * 2**20 // 8 + 1), "big.obj", settings=FAST)
+    assert status == 413 and "--max-upload-mb" in reply["error"], reply
+    assert set(store.root.iterdir()) == folders
+
+
+@pytest.mark.parametrize("members, symlinks, fragment", [
+    ({"../evil.obj": b"v 0 0 0\n"}, (), "unsafe path"),
+    ({"/tmp/evil.obj": b"v 0 0 0\n"}, (), "unsafe path"),
+    ({"a/../../evil.obj": b"v 0 0 0\n"}, (), "unsafe path"),
+    ({"C:/evil.obj": b"v 0 0 0\n"}, (), "unsafe path"),
+    ({"mesh.obj": b"v 0 0 0\n", "link.png": b"/etc/passwd"}, ("link.png",), "symbolic links"),
+    ({"a.obj": b"v 0 0 0\n", "b.obj": b"v 0 0 0\n"}, (), "exactly one mesh"),
+])
+def test_zip_members_stay_inside(served, members, symlinks, fragment) -> None:
+    client, store = served
+    outside = store.root.parent
+    before = files_under(outside)
+    status, reply = client.submit(zip_bytes(members, symlinks), "../../asset.zip", settings=FAST)
+    assert status == 400 and fragment in reply["error"], reply
+    assert files_under(outside) == before  # nothing written, nothing left behind
+    assert not Path("/tmp/evil.obj").exists()
+
+
+def test_zipped_gltf_with_its_files_is_textured(served, tmp_path: Path) -> None:
+    """A .gltf in a subfolder of the zip, its buffer and image beside it: references resolve
+    inside the upload."""
+    import trimesh
+
+    client, _ = served
+    trimesh.load(DUCK, force="scene").export(tmp_path / "duck.gltf")
+    members = {f"asset/{p.name}": p.read_bytes() for p in tmp_path.iterdir()}
+    assert len(members) > 1  # the .gltf and its separate files
+    status, reply = client.submit(zip_bytes(members), "duck.zip", settings=FAST)
+    assert status == 202, reply
+    assert client.wait(reply["id"])["state"] == "done"
+
+
+def test_a_gltf_reference_leaving_its_upload_fails_the_job(served) -> None:
+    client, _ = served
+    document = {"asset": {"version": "2.0"}, "buffers": [{"uri": "../../../secret.bin", "byteLength": 36}]}
+    status, reply = client.submit(json.dumps(document).encode(), "scene.gltf", settings=FAST)
+    assert status == 202, reply
+    job = client.wait(reply["id"])
+    assert job["state"] == "failed" and "secret.bin" in job["error"], job
+
+
+def test_cancel_stops_a_running_job(served) -> None:
+    client, _ = served
+    status, reply = client.submit(FUZE.read_bytes(), "fuze.obj", settings={**FAST, "steps": 5000})
+    assert status == 202
+    client.wait(reply["id"], states=("running",))
+    while client.json("GET", f"/api/jobs/{reply['id']}")[1]["step"] < 1:
+        time.sleep(0.1)
+    status, _ = client.json("DELETE", f"/api/jobs/{reply['id']}")
+    assert status == 200
+    job = client.wait(reply["id"])
+    assert job["state"] == "failed" and job["error"] == "cancelled" and job["step"] < 5000, job
+    status, _ = client.json("DELETE", f"/api/jobs/{reply['id']}")  # a finished job is removed
+    assert status == 204 and client.json("GET", f"/api/jobs/{reply['id']}")[0] == 404
+
+
+def test_jobs_outlive_a_restart_and_unfinished_ones_fail(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    done = store.add(Job(id=store.new_id(), prompt="p", settings={}, input_name="a.obj", mesh="input/mesh.obj"))
+    store.update(done.id, state="done", progress=1.0)
+    running = store.add(Job(id=store.new_id(), prompt="q", settings={}, input_name="b.obj", mesh="input/mesh.obj"))
+    store.update(running.id, state="running")
+    (tmp_path / "not-a-job").mkdir()
+    reloaded = JobStore(tmp_path)
+    assert reloaded.get(done.id).state == "done"
+    assert reloaded.get(running.id).state == "failed" and reloaded.get(running.id).error == INTERRUPTED
+    assert json.loads((tmp_path / running.id / "job.json").read_text())["state"] == "failed"
+    assert reloaded.get("../" + done.id) is None
+
+
+def test_unknown_jobs_and_downloads_are_404(served) -> None:
+    client, _ = served
+    assert client.json("GET", "/api/jobs/0123")[0] == 404
+    assert client.json("GET", "/api/jobs/..%2F..%2Fetc/result.glb")[0] == 404
+
+
+def test_serve_refuses_a_missing_model_in_one_line(tmp_path: Path) -> None:
+    cli = Path(sys.executable).with_name("csd-texture")
+    proc = subprocess.run([str(cli), "serve", "--model", str(tmp_path / "nothing"), "--data-dir", str(tmp_path / "d"),
+                           "--port", "1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "nothing" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
