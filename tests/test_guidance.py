@@ -55,16 +55,33 @@ def test_sds_gradient_matches_independent_computation(tiny_guidance: CSDGuidance
     assert torch.allclose(grad, w * (eps_0 + 7.5 * (eps_c - eps_0) - noise), atol=1e-5)
 
 
-def test_loss_gradient_equals_guidance_gradient(tiny_guidance: CSDGuidance) -> None:
-    """d loss / d latents must be grad / B: the loss is only a carrier for the CSD direction."""
+@pytest.mark.parametrize("use_negative", [False, True])
+def test_loss_gradient_equals_guidance_gradient(tiny_guidance: CSDGuidance, use_negative: bool) -> None:
+    """d loss / d latents must be grad / B: the loss is only a carrier for the CSD direction. Checked
+    through the encoder: d loss / d images must equal J^T (grad / B), J = d latents / d images,
+    with grad recomputed from the public steps (same timestep and noise), so a sign flip, a lost
+    1/B or a gradient through the UNet all fail."""
     g = tiny_guidance
-    embeds = g.encode_prompts("a red chair")
-    images = torch.rand(2, 64, 64, 3, requires_grad=True)
-    config = Config(steps=10, timestep_min=Schedule(0.5, 0.5), timestep_max=Schedule(0.5, 0.5))
-    out = g(images, torch.tensor([0, 1]), embeds, config, 0.0, torch.Generator().manual_seed(0), False)
+    embeds = g.encode_prompts("a red chair", "blurry")
+    images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    views = torch.tensor([0, 1])
+    config = Config(steps=10, guidance_scale=1.5, negative_weight=Schedule(0.6, 0.6),
+                    timestep_min=Schedule(0.3, 0.3), timestep_max=Schedule(0.7, 0.7))
+    out = g(images, views, embeds, config, 0.0, torch.Generator().manual_seed(0), use_negative,
+            torch.Generator().manual_seed(5))
     out.loss.backward()
-    assert out.timestep == round(0.5 * 999)
-    assert images.grad is not None and images.grad.abs().sum() > 0
+
+    latents = g.encode_images(images)
+    timestep = g.sample_timesteps(0.0, config, torch.Generator().manual_seed(0), 2)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(5))
+    noisy = g.scheduler.add_noise(latents.detach(), noise, timestep)
+    weights = GuidanceWeights.csd(1.5, 0.6 if use_negative else 0.0)
+    grad = g.csd_gradient(noisy, timestep, embeds.cond[views], embeds.negative if use_negative else None,
+                          embeds.null, weights)
+    (expected,) = torch.autograd.grad(latents, images, grad_outputs=grad / 2)
+    assert expected.abs().max() > 1e-6
+    assert torch.allclose(images.grad, expected, rtol=1e-4, atol=1e-7)
+    assert out.loss.item() == pytest.approx(0.5 * (grad ** 2).sum().item() / 2, rel=1e-4)
 
 
 def test_timestep_range_anneals(tiny_guidance: CSDGuidance) -> None:
@@ -112,3 +129,87 @@ def test_separate_unet_calls_give_the_batched_gradient(tiny_model_dir: str, tiny
     batched = tiny_guidance.csd_gradient(noisy, 400, cond, embeds.negative, embeds.null, weights)
     one_by_one = separate.csd_gradient(noisy, 400, cond, embeds.negative, embeds.null, weights)
     assert torch.allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_a_library_error_is_not_called_a_missing_download(tiny_model_dir: str, tmp_path) -> None:
+    """A block type this diffusers does not know (what a model made for a newer diffusers looks like):
+    the message names the libraries and keeps the cause chained for --verbose."""
+    import json
+    import shutil
+
+    folder = tmp_path / "newer-model"
+    shutil.copytree(tiny_model_dir, folder)
+    config_path = folder / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["down_block_types"] = ["NoSuchDownBlock2D"] * len(config["down_block_types"])
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError) as error:
+        CSDGuidance.from_pretrained(str(folder))
+    message = str(error.value)
+    assert "with diffusers " in message and "version mismatch" in message and "NoSuchDownBlock2D" in message
+    assert "hf download" not in message
+    assert error.value.__cause__ is not None and "NoSuchDownBlock2D" in str(error.value.__cause__)
+
+
+def test_cli_verbose_shows_the_cause_of_a_model_error(tiny_model_dir: str, tmp_path) -> None:
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from csd_texture_cli.main import main
+
+    folder = tmp_path / "newer-model"
+    shutil.copytree(tiny_model_dir, folder)
+    config_path = folder / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["down_block_types"] = ["NoSuchDownBlock2D"] * len(config["down_block_types"])
+    config_path.write_text(json.dumps(config))
+    mesh = tmp_path / "box.obj"
+    import trimesh
+
+    trimesh.creation.box().export(mesh)
+    args = [str(mesh), "a box", "-o", str(tmp_path / "out.glb"), "--model", str(folder), "--steps", "1",
+            "--texture-size", "16", "--render-size", "16"]
+    quiet = CliRunner().invoke(main, args)
+    verbose = CliRunner().invoke(main, [*args, "--verbose"])
+    assert quiet.exit_code == verbose.exit_code == 2
+    assert "error: cannot load model" in quiet.output and "version mismatch" in quiet.output
+    assert "Traceback" not in quiet.output and "Traceback" in verbose.output
+    assert "The above exception was the direct cause" in verbose.output and "NoSuchDownBlock2D" in verbose.output
+
+
+def test_hub_check_goes_through_the_proxy(tmp_path) -> None:
+    """Behind a proxy the hub's own name may not resolve; the reachability check must ask the proxy
+    (HTTP_PROXY/HTTPS_PROXY), as the download will. A local proxy answers for hub.invalid."""
+    import http.server
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    seen: list[str] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    check = "from csd_texture.guidance.families import _hub_reachable; print(_hub_reachable('http://hub.invalid'))"
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy", "https_proxy",
+                                                                     "all_proxy")}
+    try:
+        direct = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120)
+        proxied = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120,
+                                 env={**env, "HTTP_PROXY": f"http://127.0.0.1:{server.server_port}"})
+    finally:
+        server.shutdown()
+    assert direct.stdout.strip() == "False", direct.stderr
+    assert proxied.stdout.strip() == "True", proxied.stderr
+    assert seen and seen[0].startswith("http://hub.invalid")

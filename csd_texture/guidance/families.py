@@ -176,21 +176,22 @@ def resolve_model_folder(model: str, revision: str | None = None, patterns: list
     log.info("downloading %s from the hub (first use only)", model)
     try:
         return Path(snapshot_download(model, revision=revision, allow_patterns=patterns))
-    except Exception as exc:  # noqa: BLE001 - any hub error means "cannot load"
-        raise ModelLoadError(model_error_message(model, exc)) from None
+    except Exception as exc:  # noqa: BLE001 - any hub error means "cannot load"; the cause stays chained
+        raise ModelLoadError(model_error_message(model, exc)) from exc
 
 
 def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
-    """One quick TCP connection to the hub, instead of the client's minutes of retries."""
-    import socket
-    from urllib.parse import urlparse
+    """One quick HEAD request to the hub (any answer counts), instead of the client's minutes of
+    retries. It goes through huggingface_hub's own HTTP session, so HTTPS_PROXY/HTTP_PROXY/NO_PROXY
+    and its certificate settings apply as they will for the download; `endpoint` honours HF_ENDPOINT."""
+    from huggingface_hub.utils import get_session
 
-    url = urlparse(endpoint)
     try:
-        with socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout):
-            return True
-    except OSError:
+        get_session().head(endpoint, timeout=timeout, follow_redirects=False)
+    except Exception as exc:  # noqa: BLE001 - DNS, proxy, TLS and timeouts all mean "not reachable now"
+        log.debug("hub %s unreachable: %s: %s", endpoint, type(exc).__name__, exc)
         return False
+    return True
 
 
 def model_error_message(model: str, reason: object) -> str:
@@ -200,6 +201,18 @@ def model_error_message(model: str, reason: object) -> str:
         f"(`hf download {model} --local-dir DIR`) and pass --model DIR "
         "(or set CSD_TEXTURE_MODEL=DIR)"
     )
+
+
+def library_error_message(model: str, exc: BaseException) -> str:
+    """The files are there but the installed libraries could not build the model from them."""
+    import diffusers
+    import transformers
+
+    text = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return (f"cannot load model {model!r} with diffusers {diffusers.__version__} and transformers "
+            f"{transformers.__version__}: {type(exc).__name__}: {text}. The files were found, so this is usually a "
+            "library version mismatch (`pip install -U diffusers transformers`) or a damaged download "
+            "(download it again); run with --verbose for the traceback")
 
 
 def load_model(model: str, revision: str | None = None, dtype: torch.dtype = torch.float32,
@@ -250,8 +263,10 @@ def _load_folder(folder: Path, family: str, source: str, dtype: torch.dtype, mod
         scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
     except ModelLoadError:
         raise
-    except Exception as exc:  # noqa: BLE001 - missing files and format errors all mean "cannot load"
-        raise ModelLoadError(model_error_message(model, exc)) from None
+    except OSError as exc:  # a missing or unreadable file: get the model (again)
+        raise ModelLoadError(model_error_message(model, exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - the files are there: a library or format problem, not "download it"
+        raise ModelLoadError(library_error_message(model, exc)) from exc
     scheduler = _checked_scheduler(scheduler_config, model)
     index = _read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
     info = ModelInfo(family, scheduler.config.prediction_type, source)
@@ -276,7 +291,7 @@ def _load_single_file(path: Path, family: str, config_source: str, revision: str
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load checkpoint {path} as {family} with the configs of {config_source}: "
                              f"{text[:200]} (pass --model-config with the diffusers folder or hub id the "
-                             "checkpoint was made from)") from None
+                             "checkpoint was made from)") from exc
     scheduler = _checked_scheduler(dict(pipe.scheduler.config), str(path))
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
