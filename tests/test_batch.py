@@ -308,3 +308,32 @@ def test_batch_item_carries_its_own_config(tmp_path: Path) -> None:
     item = BatchItem(tmp_path / "a.obj", tmp_path / "out" / "a.glb", Config(prompt="x", seed=4), "a.obj")
     with pytest.raises(ConfigError, match="devices are for local runs"):
         next(texture_many([item], ray=True, devices=[0]))
+
+
+def test_unexpected_asset_failure_keeps_its_traceback_without_verbose(monkeypatch: pytest.MonkeyPatch,
+                                                                      tiny_model_dir: str, tmp_path: Path) -> None:
+    """A bug (not bad input) in one asset: the report and errors.log keep the whole traceback even
+    without --verbose; a bad input file stays a one-line error without one."""
+    from csd_texture_cli.main import main
+
+    lib, out = tmp_path / "lib", tmp_path / "out"
+    lib.mkdir()
+    trimesh.creation.box().export(lib / "crate.stl")
+    shutil.copy(DATA / "bad" / "empty.obj", lib / "empty.obj")
+    real = batch_runners.texture_mesh
+
+    def buggy_on_crate(mesh, *args, **kwargs):
+        if Path(mesh).name == "crate.stl":
+            raise ZeroDivisionError("a bug deep inside")
+        return real(mesh, *args, **kwargs)
+
+    monkeypatch.setattr(batch_runners, "texture_mesh", buggy_on_crate)
+    result = CliRunner().invoke(main, ["batch", str(lib), "-o", str(out), "--prompt", "a box",
+                                       "--model", tiny_model_dir, *FAST])
+    assert result.exit_code == 1, result.output
+    assets = {a["asset"]: a for a in report_of(out)["assets"]}
+    assert assets["crate.stl"]["error"] == "ZeroDivisionError: a bug deep inside"
+    assert assets["crate.stl"]["traceback"].startswith("Traceback") and "buggy_on_crate" in assets["crate.stl"]["traceback"]
+    assert assets["empty.obj"]["status"] == "failed" and assets["empty.obj"]["traceback"] is None
+    errors = (out / "errors.log").read_text()
+    assert "== crate.stl" in errors and "ZeroDivisionError: a bug deep inside" in errors and "empty.obj" not in errors

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError
-from .planning import (MANIFEST_SUFFIXES, PROMPT_FILE, REPORT_NAME, RESULT_NEUTRAL_SETTINGS, BatchItem, check_plan,
+from .planning import (ERRORS_LOG, MANIFEST_SUFFIXES, PROMPT_FILE, REPORT_NAME, RESULT_NEUTRAL_SETTINGS, BatchItem, check_plan,
                        discover_items, find_meshes, is_up_to_date, output_suffix, row_item)
 from .report import AssetResult, BatchReport, error_line, format_table
 from .runners import Worker, import_ray, run_here, run_processes, run_ray
@@ -124,7 +124,8 @@ def _note(result: AssetResult, report: BatchReport, bar: Any) -> AssetResult:
     report.record(result)
     bar.update(1)
     if result.status == "failed":
-        log.warning("%s: failed: %s", result.asset, result.error)
+        log.warning("%s: failed: %s%s", result.asset, result.error,
+                    f" (traceback in {ERRORS_LOG} beside the report)" if result.traceback else "")
     else:
         log.info("%s: %s%s", result.asset, result.status, f" in {result.seconds:.1f} s" if result.seconds else "")
     return result
@@ -146,6 +147,6 @@ def texture_folder(source: str | Path, output_dir: str | Path, prompt: str | Non
 
 
 
-__all__ = ["MANIFEST_SUFFIXES", "PROMPT_FILE", "REPORT_NAME", "RESULT_NEUTRAL_SETTINGS", "AssetResult", "BatchItem",
+__all__ = ["ERRORS_LOG", "MANIFEST_SUFFIXES", "PROMPT_FILE", "REPORT_NAME", "RESULT_NEUTRAL_SETTINGS", "AssetResult", "BatchItem",
            "BatchReport", "Worker", "check_plan", "discover_items", "error_line", "find_meshes", "format_table",
            "import_ray", "is_up_to_date", "row_item", "texture_folder", "texture_many"]

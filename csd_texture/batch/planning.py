@@ -22,6 +22,7 @@ from ..export import SUPPORTED_SUFFIXES, output_files, read_metadata, to_jsonabl
 from ..mesh_io import SUPPORTED_EXTENSIONS, is_mesh_file
 
 REPORT_NAME = "report.json"
+ERRORS_LOG = "errors.log"  # beside the report: tracebacks of assets that failed unexpectedly
 PROMPT_FILE = "prompt.txt"
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 # Settings that decide where and how a texture is computed, not what it is: the device and
@@ -215,7 +216,9 @@ def check_plan(items: Sequence[BatchItem], report_path: Path | None = None) -> N
     """Refuse a plan in which two items (or an item and the report) write the same file, or an
     output would replace an input mesh."""
     inputs = {item.mesh for item in items}
-    owners: dict[Path, str] = {report_path.resolve(): "the batch report"} if report_path else {}
+    owners: dict[Path, str] = {}
+    if report_path is not None:
+        owners = {path.resolve(): "the batch report" for path in (report_path, report_path.with_name(ERRORS_LOG))}
     for item in items:
         *companions, main = output_files(item.output)
         for target in (main, *companions):

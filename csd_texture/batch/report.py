@@ -1,4 +1,5 @@
-"""Batch results: one AssetResult per asset, the run's report.json and a plain-text table."""
+"""Batch results: one AssetResult per asset, the run's report.json (and errors.log with the
+tracebacks of unexpected failures) and a plain-text table."""
 from __future__ import annotations
 
 import datetime
@@ -11,12 +12,13 @@ from typing import Any
 
 from ..fileio import atomic_write_text
 from ..version import __version__
-from .planning import BatchItem
+from .planning import ERRORS_LOG, BatchItem
 
 
 @dataclass(frozen=True)
 class AssetResult:
-    """What happened to one asset. status: succeeded, skipped, failed or pending (not run)."""
+    """What happened to one asset. status: succeeded, skipped, failed or pending (not run).
+    `traceback`: the full traceback of a failure that was not a CSDTextureError (a bug, not bad input)."""
 
     asset: str
     mesh: str
@@ -26,12 +28,13 @@ class AssetResult:
     seconds: float = 0.0
     error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    traceback: str | None = None
 
     @classmethod
     def of(cls, item: BatchItem, status: str, seconds: float = 0.0, error: str | None = None,
-           timings: dict[str, float] | None = None) -> "AssetResult":
+           timings: dict[str, float] | None = None, traceback: str | None = None) -> "AssetResult":
         return cls(item.asset, str(item.mesh), str(item.output), item.config.prompt, status,
-                   round(seconds, 3), error, dict(timings or {}))
+                   round(seconds, 3), error, dict(timings or {}), traceback)
 
 
 def error_line(exc: BaseException, limit: int = 300) -> str:
@@ -74,8 +77,12 @@ class BatchReport:
         }
 
     def write(self, path: Path) -> None:
+        """report.json at `path`, and errors.log beside it once an asset failed unexpectedly."""
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        tracebacks = [f"== {r.asset} ({r.mesh})\n{r.traceback}" for r in self.results if r.traceback]
+        if tracebacks:
+            atomic_write_text(path.with_name(ERRORS_LOG), "\n".join(tracebacks))
 
 
 def format_table(results: Iterable[AssetResult]) -> str:

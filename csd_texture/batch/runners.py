@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import signal
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -68,7 +69,10 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - one bad asset (file, xatlas, OOM) must not stop the rest
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
-            return AssetResult.of(item, "failed", time.perf_counter() - start, error_line(exc))
+            trace = None if isinstance(exc, CSDTextureError) else traceback.format_exc()  # a bug: keep the trace
+            if trace is not None:
+                log.debug("%s failed:\n%s", item.asset, trace)
+            return AssetResult.of(item, "failed", time.perf_counter() - start, error_line(exc), traceback=trace)
         return AssetResult.of(item, "succeeded", time.perf_counter() - start, timings=result.timings)
 
 
