@@ -52,17 +52,10 @@ def check_nvdiffrast() -> str:
 
 
 def check_model(model: str) -> str:
-    from huggingface_hub import snapshot_download
+    """Where the model is and its family (sd1, sd2, sdxl) and prediction type; refuses others."""
+    from .guidance.families import inspect_model
 
-    from .guidance.csd import MODEL_FILES
-
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "unet").is_dir():
-            raise RuntimeError(f"{model} is a folder but not a diffusers Stable Diffusion model")
-        return f"local folder {path}"
-    folder = snapshot_download(model, allow_patterns=MODEL_FILES, local_files_only=True)
-    return f"{model} found in the local cache ({folder})"
+    return inspect_model(model)
 
 
 def check_trial_run(device: str) -> str:
@@ -81,7 +74,7 @@ def check_trial_run(device: str) -> str:
         size = output.stat().st_size
     seconds = sum(result.timings.values())
     return f"textured a sphere in {seconds:.1f} s on {result.metadata['device']} ({result.metadata['renderer']}" \
-           f" rasterizer), wrote a {size // 1024} KiB GLB"
+           f" rasterizer, tiny {result.metadata['model_loaded']} model), wrote a {size // 1024} KiB GLB"
 
 
 def run_checks(model: str, device: str = "auto") -> list[Check]:

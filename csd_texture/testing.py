@@ -198,7 +198,7 @@ def build_tiny_controlnet(unet, seed: int = 0):
     from diffusers import ControlNetModel
 
     torch.manual_seed(seed)
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
     with torch.no_grad():
         for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
             torch.nn.init.normal_(block.weight, std=0.02)
@@ -265,3 +265,79 @@ def nearest_named_hue(hue) -> list[str]:
     names = list(NAMED_HUES)
     centres = torch.tensor([NAMED_HUES[n] for n in names], dtype=torch.float64)
     return [names[i] for i in hue_distance(hue[:, None], centres[None, :]).argmin(-1).tolist()]
+
+
+def _ldm_unet_key(key: str, layers_per_block: int, attention_blocks: set[int]) -> str:
+    """The original (LDM) name of a diffusers UNet weight: the inverse of diffusers'
+    `convert_ldm_unet_checkpoint` renaming (hand-written: diffusers only converts the other way)."""
+    import re
+
+    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    head, _, param = key.rpartition(".")
+    if head in fixed:
+        return f"{fixed[head]}.{param}"
+    resnet = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
+              "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+    per = layers_per_block + 1
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(\w+)", key):
+        b, layer, part, param = int(m[1]), int(m[2]), m[3], m[4]
+        return f"input_blocks.{1 + b * per + layer}.0.{resnet[part]}.{param}"
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", key):
+        return f"input_blocks.{1 + int(m[1]) * per + int(m[2])}.1.{m[3]}"
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(\w+)", key):
+        return f"input_blocks.{(int(m[1]) + 1) * per}.0.op.{m[2]}"
+    if m := re.fullmatch(r"mid_block\.resnets\.(\d)\.(\w+)\.(\w+)", key):
+        return f"middle_block.{2 * int(m[1])}.{resnet[m[2]]}.{m[3]}"
+    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", key):
+        return f"middle_block.1.{m[1]}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(\w+)", key):
+        return f"output_blocks.{int(m[1]) * per + int(m[2])}.0.{resnet[m[3]]}.{m[4]}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", key):
+        return f"output_blocks.{int(m[1]) * per + int(m[2])}.1.{m[3]}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(\w+)", key):
+        b = int(m[1])
+        return f"output_blocks.{b * per + layers_per_block}.{2 if b in attention_blocks else 1}.conv.{m[2]}"
+    raise ValueError(f"no original name for UNet weight {key}")
+
+
+def _ldm_vae_key(key: str, num_up_blocks: int) -> str:
+    """The original (LDM) name of a diffusers AutoencoderKL weight (inverse of `convert_ldm_vae_checkpoint`)."""
+    import re
+
+    key = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+    key = re.sub(r"mid_block\.resnets\.(\d)", lambda m: f"mid.block_{int(m[1]) + 1}", key)
+    for new, old in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")):
+        key = key.replace(f"mid_block.attentions.0.{new}.", f"mid.attn_1.{old}.")
+    key = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets", r"encoder.down.\1.block", key)
+    key = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0", r"encoder.down.\1.downsample", key)
+    key = re.sub(r"decoder\.up_blocks\.(\d+)\.resnets",
+                 lambda m: f"decoder.up.{num_up_blocks - 1 - int(m[1])}.block", key)
+    return re.sub(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0",
+                  lambda m: f"decoder.up.{num_up_blocks - 1 - int(m[1])}.upsample", key)
+
+
+def save_single_file(folder: str | Path, path: str | Path) -> Path:
+    """Write a tiny SD 1.x-style diffusers `folder` as one original-layout `.safetensors` checkpoint
+    (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.*`), the format
+    users download fine-tuned checkpoints in; `from_single_file` reads it back."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    unet_config = pipe.unet.config
+    attention_blocks = {i for i, kind in enumerate(unet_config.up_block_types) if "CrossAttn" in kind}
+    state: dict[str, torch.Tensor] = {}
+    for key, value in pipe.unet.state_dict().items():
+        name = _ldm_unet_key(key, unet_config.layers_per_block, attention_blocks)
+        state[f"model.diffusion_model.{name}"] = value
+    for key, value in pipe.vae.state_dict().items():
+        name = _ldm_vae_key(key, len(pipe.vae.config.up_block_types))
+        if ".attn_1." in name and name.endswith("weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # LDM's VAE attention uses 1x1 convolutions
+        state[f"first_stage_model.{name}"] = value
+    for key, value in pipe.text_encoder.state_dict().items():  # transformers>=5 drops the text_model. prefix
+        state[f"cond_stage_model.transformer.{key if key.startswith('text_model.') else 'text_model.' + key}"] = value
+    path = Path(path)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path

@@ -224,7 +224,7 @@ def load_model(model: str, revision: str | None = None, dtype: torch.dtype = tor
     path = Path(model).expanduser()
     if path.is_file() and path.suffix.lower() == ".safetensors":
         family = family or detect_checkpoint_family(path)
-        parts = _load_single_file(path, family, model_config or REFERENCE_CONFIGS[family], revision, dtype)
+        parts = _load_single_file(path, family, model_config or REFERENCE_CONFIGS[family], dtype)
     else:
         is_hub = not path.exists()
         if is_hub:  # read the small index first, so unsupported models are refused before a download
@@ -235,6 +235,25 @@ def load_model(model: str, revision: str | None = None, dtype: torch.dtype = tor
             log.warning("--model-family %s ignored: %s is a %s folder", family, model, detected)
         parts = _load_folder(folder, detected, "hub" if is_hub else "folder", dtype, model)
     return parts
+
+
+def inspect_model(model: str) -> str:
+    """Which family `model` is and where it was found, without loading weights or downloading
+    (for `csd-texture doctor`)."""
+    from huggingface_hub import snapshot_download
+
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix.lower() == ".safetensors":
+        return f"single-file checkpoint {path}: {detect_checkpoint_family(path)}"
+    if path.is_dir():
+        folder, where = path, f"local folder {path}"
+    else:
+        folder = Path(snapshot_download(model, allow_patterns=MODEL_FILES, local_files_only=True))
+        where = f"{model} in the local cache ({folder})"
+    family = detect_family(folder)
+    scheduler = folder / "scheduler" / "scheduler_config.json"
+    prediction = _read_json(scheduler).get("prediction_type", "epsilon") if scheduler.is_file() else "epsilon"
+    return f"{where}: {family} ({prediction})"
 
 
 def _checked_scheduler(config: dict, model: str):
@@ -274,14 +293,19 @@ def _load_folder(folder: Path, family: str, source: str, dtype: torch.dtype, mod
                       zero_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", family == "sdxl")))
 
 
-def _load_single_file(path: Path, family: str, config_source: str, revision: str | None,
-                      dtype: torch.dtype) -> ModelParts:
+def _load_single_file(path: Path, family: str, config_source: str, dtype: torch.dtype) -> ModelParts:
     """`from_single_file` with the component configs of `config_source` (a folder, or a hub id read
     from the cache or downloaded once, configs only), so no network is needed for the weights."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    config_folder = resolve_model_folder(config_source, revision if Path(config_source).exists() else None,
-                                         CONFIG_FILES)
+    try:
+        config_folder = resolve_model_folder(config_source, None, CONFIG_FILES)
+    except ModelLoadError as exc:
+        raise ModelLoadError(
+            f"checkpoint {path} ({family}) needs the diffusers configs of its family and {config_source} is not "
+            f"available ({str(exc).split(': ', 1)[-1].split('. ')[0]}); pass --model-config with a diffusers folder "
+            f"of the same family (configs are enough: `hf download {config_source} --include '*.json' "
+            f"'tokenizer*/*' --local-dir DIR`)") from None
     pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     kwargs = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
     try:
