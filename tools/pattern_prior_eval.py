@@ -1,0 +1,139 @@
+"""Measure a trained pattern prior (tools/train_pattern_prior.py --eval-only calls `evaluate`):
+autoencoder reconstruction error per pattern on held-out renders, and samples drawn with the
+pipeline's own sampler (DDIM) judged by `csd_texture.pattern_metrics`: pattern class, named
+colours and highlight peak per caption; the same captions on random weights as the baseline.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from train_pattern_prior import PATTERNS, draw_scenes
+
+from csd_texture.pattern_metrics import (
+    central_crop,
+    classify_patterns,
+    colour_matches,
+    highlight_peak,
+    pattern_features,
+)
+
+# caption -> (pattern class, colour names) the samples must show
+PATTERN_CAPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "a red and white striped ball": ("stripes", ("red", "white")),
+    "blue and yellow stripes": ("stripes", ("blue", "yellow")),
+    "a black and white checkered cube": ("checkerboard", ("black", "white")),
+    "a green and white checkered ball": ("checkerboard", ("green", "white")),
+    "a blue ball with white dots": ("dots", ("blue", "white")),
+    "a plain red object": ("plain", ("red",)),
+    "a plain blue ball": ("plain", ("blue",)),
+}
+# caption -> whether the samples should have a sharp highlight
+MATERIAL_CAPTIONS: dict[str, bool] = {
+    "a shiny metal ball": True,
+    "a glossy red plastic ball": True,
+    "a matte clay ball": False,
+    "a matte red clay ball": False,
+}
+HIGHLIGHT_THRESHOLD = 0.18  # highlight_peak between matte (75% below 0.15) and glossy/metal renders (75% above 0.22)
+
+
+def load_sampler(folder: Path | str):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sample(pipe, caption: str, n: int, seed: int, steps: int = 20, guidance: float = 7.5):
+    """(n, 64, 64, 3) sRGB samples for `caption`."""
+    return torch.from_numpy(pipe([caption] * n, num_inference_steps=steps, guidance_scale=guidance,
+                                 generator=torch.Generator().manual_seed(seed), output_type="np").images)
+
+
+def judge_pattern(images, pattern: str, colours: tuple[str, ...]) -> dict:
+    """Per-sample pattern class and colour check; accuracy = both right."""
+    classes = classify_patterns(images)
+    feats = pattern_features(images)
+    crops = central_crop(images)
+    ok_colour = []
+    for i in range(len(classes)):
+        centres = feats.split.centres[i]
+        if len(colours) == 1:
+            ok_colour.append(bool(colour_matches(crops[i].mean((0, 1)), colours[0])))
+        else:
+            a, b = colours
+            ok_colour.append(bool((colour_matches(centres[0], a) & colour_matches(centres[1], b))
+                                  | (colour_matches(centres[0], b) & colour_matches(centres[1], a))))
+    ok_pattern = [c == pattern for c in classes]
+    return {"pattern_accuracy": sum(ok_pattern) / len(classes), "colour_accuracy": sum(ok_colour) / len(classes),
+            "accuracy": sum(p and c for p, c in zip(ok_pattern, ok_colour)) / len(classes), "classes": classes}
+
+
+def judge_material(images, glossy: bool) -> dict:
+    peak = highlight_peak(images)
+    ok = (peak >= HIGHLIGHT_THRESHOLD) if glossy else (peak < HIGHLIGHT_THRESHOLD)
+    return {"accuracy": ok.double().mean().item(), "highlight_peak_median": peak.median().item(),
+            "highlight_peaks": [round(x, 3) for x in peak.tolist()]}
+
+
+@torch.no_grad()
+def reconstruction(vae, n_per_pattern: int = 48, seed: int = 10**6) -> dict:
+    """Held-out renders per pattern: MSE and PSNR (0..1 images) of decode(encode(x)), and how often
+    the classifier gives the reconstruction the same class as the original."""
+    g = torch.Generator().manual_seed(seed)
+    per: dict[str, list] = {p: [] for p in PATTERNS}
+    while min(len(v) for v in per.values()) < n_per_pattern:
+        x, labels = draw_scenes(96, g, named_fraction=1.0)
+        for image, label in zip(x, labels):
+            if len(per[label["pattern"]]) < n_per_pattern:
+                per[label["pattern"]].append(image)
+    out = {}
+    for pattern, images in per.items():
+        x = torch.stack(images)
+        recon = ((vae.decode(vae.encode(x * 2 - 1).latent_dist.mode()).sample + 1) / 2).clamp(0, 1)
+        mse = (recon - x).pow(2).mean((1, 2, 3))
+        same = [a == b for a, b in zip(classify_patterns(x.permute(0, 2, 3, 1)), classify_patterns(recon.permute(0, 2, 3, 1)))]
+        out[pattern] = {"mse": mse.mean().item(), "psnr_db": (-10 * torch.log10(mse.mean())).item(),
+                        "same_class_after_reconstruction": sum(same) / len(same)}
+    return out
+
+
+def random_baseline(pipe):
+    """The same pipeline with freshly initialised UNet and text encoder weights (seed 0)."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(pipe.unet.config)
+    text_encoder = CLIPTextModel(pipe.text_encoder.config)
+    baseline = StableDiffusionPipeline(vae=pipe.vae, text_encoder=text_encoder, tokenizer=pipe.tokenizer, unet=unet,
+                                       scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    baseline.set_progress_bar_config(disable=True)
+    return baseline
+
+
+def evaluate(folder: Path, log, seed: int = 0, n: int = 12) -> dict:
+    t0 = time.time()
+    pipe = load_sampler(folder)
+    report: dict = {"vae_reconstruction": reconstruction(pipe.vae)}
+    for pattern, r in report["vae_reconstruction"].items():
+        log(f"vae {pattern:12s} mse {r['mse']:.4f}  psnr {r['psnr_db']:.1f} dB  same class {r['same_class_after_reconstruction']:.2f}")
+    baseline = random_baseline(pipe)
+    for name, model in (("samples", pipe), ("random_weights_samples", baseline)):
+        result = {}
+        for i, (caption, (pattern, colours)) in enumerate(PATTERN_CAPTIONS.items()):
+            result[caption] = judge_pattern(sample(model, caption, n, seed + i), pattern, colours)
+            log(f"{name}: '{caption}': pattern {result[caption]['pattern_accuracy']:.2f} colour "
+                f"{result[caption]['colour_accuracy']:.2f} both {result[caption]['accuracy']:.2f} {result[caption]['classes']}")
+        for i, (caption, glossy) in enumerate(MATERIAL_CAPTIONS.items()):
+            result[caption] = judge_material(sample(model, caption, n, seed + 100 + i), glossy)
+            log(f"{name}: '{caption}': highlight accuracy {result[caption]['accuracy']:.2f} "
+                f"median peak {result[caption]['highlight_peak_median']:.3f}")
+        report[name] = result
+    report["eval_seconds"] = time.time() - t0
+    return report
