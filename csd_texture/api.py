@@ -17,15 +17,16 @@ from .config import Config, edit_settings
 from .datatypes import MeshData, PBRMaps, StepRecord
 from .devices import resolve_device
 from .errors import ConfigError, ExportError, MeshValidationError
-from .export import SUPPORTED_SUFFIXES, check_not_overwriting, export_textured_mesh
+from .export import SUPPORTED_SUFFIXES, check_not_overwriting, export_textured_mesh, scene_record
 from .guidance.csd import CSDGuidance
 from .mesh_io import load_mesh
+from .mesh_io.scene import SceneUV, flatten_for_optimiser, load_scene
 from .optimize import CSDObjective, Objective, optimize
 from .render import get_rasterizer
 from .render.views import Surface
-from .texture import make_texture
+from .texture import MaterialRange, make_texture
 from .render.shading import srgb_to_linear
-from .uv import prepare_uv, uv_problem
+from .uv import prepare_uv, scene_uv, uv_problem
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,11 @@ class TextureResult:
     output_path: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    scene: SceneUV | None = None  # a glTF input kept whole: its UV layout per source primitive
 
     def save(self, path: str | Path) -> Path:
         """Write the textured mesh; the extension picks the format (.glb, .gltf, .obj)."""
-        self.output_path = export_textured_mesh(self.mesh, self.maps, Path(path), self.metadata)
+        self.output_path = export_textured_mesh(self.mesh, self.maps, Path(path), self.metadata, self.scene)
         return self.output_path
 
 
@@ -84,15 +86,18 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
     if config.edit:
         _check_editable(data)
     with _timed(timings, "unwrap"):
-        data = prepare_uv(data, keep_uv=config.keep_uv, texture_size=config.texture_size)
+        data, scene = _with_uvs(mesh, data, config)
+    atlas_size = config.texture_size * (scene.grid if scene is not None else 1)  # a tile per material map
     if objective is None:
         with _timed(timings, "model_load"):
             guidance = guidance or load_guidance(config, device)
-            objective = CSDObjective(guidance, guidance.encode_prompts(config.prompt, config.negative_prompt), config)
+            embeds = guidance.encode_prompts(config.prompt, config.negative_prompt, config.view_prompts != "off")
+            objective = CSDObjective(guidance, embeds, config)
     torch.manual_seed(config.seed)
     rasterizer = get_rasterizer(config.renderer, device)
     surface = Surface.from_mesh(data, device)
-    texture = make_texture(config.texture, config.texture_size, config.seed).to(device)
+    material = MaterialRange(config.roughness, config.metallic)
+    texture = make_texture(config.texture, atlas_size, config.seed, material).to(device)
     if config.edit:
         texture.initialise_albedo(srgb_to_linear(torch.from_numpy(data.base_color_image)).to(device))
 
@@ -108,8 +113,8 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
 
         history = optimize(texture, surface, rasterizer, objective, config, data.up_axis, step_done)
     with _timed(timings, "bake"), torch.no_grad():
-        maps = bake_maps(data, texture, config.texture_size, rasterizer, config.pad_texels)
-    result = TextureResult(mesh=data, maps=maps, config=config, history=history, timings=timings)
+        maps = bake_maps(data, texture, atlas_size, rasterizer, config.pad_texels)
+    result = TextureResult(mesh=data, maps=maps, config=config, history=history, timings=timings, scene=scene)
     result.metadata = run_record(requested, timings, device, rasterizer.name)
     if isinstance(objective, CSDObjective) and objective.guidance.info is not None:
         result.metadata["model_loaded"] = objective.guidance.info.describe()  # family, prediction, LoRA, ControlNet
@@ -118,6 +123,8 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
         result.metadata["effective_settings"] = config.to_dict()
     if isinstance(mesh, (str, Path)):
         result.metadata["input"] = str(mesh)
+    if scene is not None:
+        result.metadata["asset"] = scene_record(scene)  # what the output keeps and what it re-makes
     if output is not None:
         with _timed(timings, "export"):
             result.save(output)
@@ -149,6 +156,23 @@ def run_record(config: Config, timings: dict[str, float], device: torch.device, 
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+
+
+def _with_uvs(source: MeshSource, data: MeshData, config: Config) -> tuple[MeshData, SceneUV | None]:
+    """The mesh the optimiser sees, with UVs. A glTF file is kept whole (`SceneUV`): UVs are made
+    per source primitive and the optimiser sees every node instance in the default pose. Other
+    inputs (and --edit, which paints over the flattened mesh's own texture) are one flattened mesh."""
+    gltf = isinstance(source, (str, Path)) and Path(source).suffix.lower() in (".gltf", ".glb")
+    if gltf and not config.edit:
+        layout = scene_uv(load_scene(source, config.materials, config.skip_materials), config.keep_uv,
+                          config.atlas == "shared", config.texture_size)
+        return flatten_for_optimiser(layout, data.name, data.up_axis), layout
+    if gltf:
+        log.warning(f"{source}: --edit works on the flattened mesh; the output holds one mesh and one material"
+                    " (no nodes, skins, animations or morph targets)")
+    if config.materials or config.skip_materials or config.atlas != "per-material":
+        log.warning(f"{data.name}: --materials, --skip-materials and --atlas apply to glTF inputs only; ignored")
+    return prepare_uv(data, keep_uv=config.keep_uv, texture_size=config.texture_size), None
 
 
 def _check_editable(mesh: MeshData) -> None:

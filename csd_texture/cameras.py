@@ -55,12 +55,16 @@ def make_cameras(
     radius: float,
     resolution: int,
     up_axis: tuple[float, float, float] = (0.0, 1.0, 0.0),
+    distance_scale: torch.Tensor | None = None,
 ) -> CameraBatch:
     """Cameras on a sphere around the origin, at a distance that fits a bounding sphere of
-    `radius` inside the field of view. Angles in degrees, tensors of shape (B,)."""
+    `radius` inside the field of view, times `distance_scale` (B,) when given (< 1: close-ups
+    that crop the mesh). Angles in degrees, tensors of shape (B,)."""
     up, front, right = up_front_frame(up_axis)
     elev, azim = torch.deg2rad(elevation), torch.deg2rad(azimuth)
     distance = radius * 1.1 / torch.sin(torch.deg2rad(fov) / 2)
+    if distance_scale is not None:
+        distance = distance * distance_scale
     direction = (
         torch.cos(elev)[:, None] * (torch.cos(azim)[:, None] * front + torch.sin(azim)[:, None] * right)
         + torch.sin(elev)[:, None] * up
@@ -87,8 +91,10 @@ def random_cameras(
     fov_range: tuple[float, float],
     radius: float,
     up_axis: tuple[float, float, float] = (0.0, 1.0, 0.0),
+    distance_range: tuple[float, float] = (1.0, 1.0),
 ) -> CameraBatch:
-    """Random azimuth over the full circle, elevation and field of view uniform in their ranges."""
+    """Random azimuth over the full circle; elevation, field of view and distance scale (see
+    `make_cameras`) uniform in their ranges."""
 
     def uniform(low: float, high: float) -> torch.Tensor:
         return low + (high - low) * torch.rand(batch, generator=generator)
@@ -100,6 +106,7 @@ def random_cameras(
         radius=radius,
         resolution=resolution,
         up_axis=up_axis,
+        distance_scale=uniform(*distance_range),
     )
 
 

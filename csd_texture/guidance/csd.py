@@ -28,6 +28,7 @@ from .conditioning import TextConditioning
 from .controlnet import GeometryControl, load_controlnet
 from .families import ModelInfo, load_model
 from .lora import LoraSpec, apply_loras
+from ..cameras import VIEW_BUCKETS
 from .prompts import view_prompts
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,10 @@ class CSDGuidance:
         """(N, L, D) text embeddings in the model's dtype (SDXL: with its pooled row, see conditioning.py)."""
         return self.text.encode(texts)
 
-    def encode_prompts(self, prompt: str, negative_prompt: str = "") -> PromptEmbeds:
-        """View-dependent prompt embeddings, the negative prompt and the empty prompt."""
-        cond = self.encode_text(view_prompts(prompt))
+    def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> PromptEmbeds:
+        """View-dependent prompt embeddings (or the prompt as given for every view bucket when
+        `view_dependent` is off), the negative prompt and the empty prompt."""
+        cond = self.encode_text(view_prompts(prompt) if view_dependent else [prompt.strip()] * len(VIEW_BUCKETS))
         negative, null = self.encode_text([negative_prompt, ""]).chunk(2)
         return PromptEmbeds(cond=cond, negative=negative, null=null)
 
@@ -132,13 +134,22 @@ class CSDGuidance:
 
     def sample_timestep(self, progress: float, config: Config, generator: torch.Generator) -> int:
         """A timestep uniform in the annealed [t_min, t_max] range (fractions of the schedule)."""
+        return int(self.sample_timesteps(progress, config, generator, 1)[0])
+
+    def sample_timesteps(self, progress: float, config: Config, generator: torch.Generator,
+                         count: int) -> torch.Tensor:
+        """(count,) long timesteps uniform in the annealed range: one per view when
+        `config.timestep_per_view` (a batch then sees several noise levels), else one for all."""
         top = self.num_train_timesteps - 1
         low = int(round(config.timestep_min.at(progress) * top))
         high = max(low, int(round(config.timestep_max.at(progress) * top)))
-        return int(torch.randint(low, high + 1, (1,), generator=generator))
+        draws = count if config.timestep_per_view else 1
+        return torch.randint(low, high + 1, (draws,), generator=generator).expand(count).to(self.device)
 
-    def weight(self, timestep: int) -> torch.Tensor:
-        """w(t) = 1 - alpha_bar_t."""
+    def weight(self, timestep: int | torch.Tensor) -> torch.Tensor:
+        """w(t) = 1 - alpha_bar_t; (B, 1, 1, 1) for a (B,) tensor of timesteps."""
+        if isinstance(timestep, torch.Tensor) and timestep.ndim == 1:
+            return (1.0 - self.alphas_cumprod[timestep]).view(-1, 1, 1, 1)
         return 1.0 - self.alphas_cumprod[timestep]
 
     @torch.no_grad()
@@ -153,7 +164,10 @@ class CSDGuidance:
     def _unet_eps(self, noisy: torch.Tensor, timestep: int, embeds: list[torch.Tensor],
                   control: torch.Tensor | None = None) -> list[torch.Tensor]:
         latents = noisy.to(self.dtype).repeat(len(embeds), 1, 1, 1)
-        t = torch.full((latents.shape[0],), timestep, device=self.device, dtype=torch.long)
+        if isinstance(timestep, torch.Tensor) and timestep.ndim == 1:  # one per view
+            t = timestep.to(self.device).repeat(len(embeds))
+        else:
+            t = torch.full((latents.shape[0],), int(timestep), device=self.device, dtype=torch.long)
         kwargs = self.text.unet_kwargs(torch.cat(embeds))
         if self.control is not None and control is not None:
             kwargs |= self.control.residuals(latents, t, kwargs, control.repeat(len(embeds), 1, 1, 1), self.image_size)
@@ -189,9 +203,9 @@ class CSDGuidance:
         Timesteps come from the CPU `generator`; noise from `noise_generator` on the model's device.
         `control`: (B, 3, H, W) depth/normal images of the same views for the ControlNet, if any."""
         latents = self.encode_images(images)
-        timestep = self.sample_timestep(progress, config, generator)
+        timestep = self.sample_timesteps(progress, config, generator, latents.shape[0])
         noise = torch.randn(latents.shape, generator=noise_generator, device=self.device)
-        noisy = self.scheduler.add_noise(latents.detach(), noise, torch.full((1,), timestep, device=self.device))
+        noisy = self.scheduler.add_noise(latents.detach(), noise, timestep)
         cond = embeds.cond[view_index.to(self.device)]
         negative_weight = config.negative_weight.at(progress) if use_negative else 0.0
         if config.guidance == "sds":
@@ -202,7 +216,7 @@ class CSDGuidance:
                                      embeds.null, weights, control)
         target = (latents - grad).detach()
         loss = 0.5 * ((latents - target) ** 2).sum() / latents.shape[0]
-        return GuidanceOutput(loss=loss, timestep=timestep, negative_weight=negative_weight)
+        return GuidanceOutput(loss=loss, timestep=int(timestep.float().mean().round()), negative_weight=negative_weight)
 
 
 def _frozen(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
