@@ -19,6 +19,7 @@ import numpy as np
 
 from .datatypes import MeshData
 from .errors import UnwrapError
+from .mesh_io.scene import PrimitiveUV, SceneSource, SceneUV, SourcePrimitive
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,17 @@ def uv_problem(mesh: MeshData) -> str | None:
         return "the mesh has no UVs"
     if uv.shape != (len(mesh.vertices), 2):
         return f"UV array has shape {uv.shape}, expected ({len(mesh.vertices)}, 2)"
+    return atlas_problem(uv, mesh.faces)
+
+
+def atlas_problem(uv: np.ndarray, faces: np.ndarray) -> str | None:
+    """Why (V, 2) `uv` on (F, 3) `faces` is unusable as a texture atlas, or None if it is usable."""
     if not np.isfinite(uv).all():
         return "UVs contain NaN/inf values"
     inside = ((uv >= -_UV_EPS) & (uv <= 1 + _UV_EPS)).all(axis=1).mean()
     if inside < MIN_INSIDE:
         return f"{100 * (1 - inside):.0f}% of UVs lie outside [0, 1] (tiled or UDIM layout)"
-    corners = uv.astype(np.float64)[mesh.faces]
+    corners = uv.astype(np.float64)[faces]
     edges = corners[:, 1:] - corners[:, :1]
     area = np.abs(edges[:, 0, 0] * edges[:, 1, 1] - edges[:, 0, 1] * edges[:, 1, 0])
     degenerate = (area <= 1e-12).mean()
@@ -229,3 +235,75 @@ def _checked_result(result: np.lib.npyio.NpzFile, vertex_count: int, face_count:
     if not np.isfinite(uv).all() or uv.min() < -_UV_EPS or uv.max() > 1 + _UV_EPS:
         raise _WorkerFailure("returned UVs outside [0, 1]")
     return vmapping, faces.astype(np.int32), np.clip(uv, 0.0, 1.0)
+
+
+def scene_uv(scene: SceneSource, keep_uv: bool = False, shared: bool = False, texture_size: int = 1024) -> SceneUV:
+    """UVs for every textured primitive of a glTF scene, made once per source primitive (so
+    every instance of a mesh shares them).
+
+    One map per textured material, or one for all when `shared`. With `keep_uv`, a material's
+    own UVs (the TEXCOORD set its base colour texture uses, else 0) are kept when usable, and
+    its vertices are left untouched; shared atlases need fresh UVs, since each material's UVs
+    fill [0, 1] on their own. Otherwise the material's primitives are unwrapped together
+    with xatlas, each new vertex a copy of one source vertex (split along the new seams)."""
+    if keep_uv and shared and len(scene.textured) > 1:
+        log.warning("--keep-uv: every material's own UVs fill [0, 1], so they cannot share one atlas;"
+                    " giving each material its own maps instead of --atlas shared")
+        shared = False
+    groups = (scene.textured,) if shared else tuple((m,) for m in scene.textured)
+    layouts: dict[tuple[int, int], PrimitiveUV] = {}
+    for group, materials in enumerate(groups):
+        primitives = [p for p in scene.primitives if p.material in materials]
+        kept = _kept_uvs(scene, primitives, materials[0], group) if keep_uv else None
+        layouts.update(kept if kept is not None else _unwrapped_group(scene, primitives, group, texture_size))
+    return SceneUV(scene, layouts, groups)
+
+
+def _kept_uvs(scene: SceneSource, primitives: list[SourcePrimitive], material: int | None,
+              group: int) -> dict[tuple[int, int], PrimitiveUV] | None:
+    """The material's own UVs, untouched, or None (with a warning) when they are unusable."""
+    document = scene.document
+    info = ((document.get("materials") or [{}])[material] if material is not None else {}).get(
+        "pbrMetallicRoughness", {}).get("baseColorTexture", {})
+    texcoord = int(info.get("texCoord", 0))
+    name = scene.material_name(material)
+    layouts = {}
+    for primitive in primitives:
+        attributes = document["meshes"][primitive.mesh]["primitives"][primitive.index]["attributes"]
+        if f"TEXCOORD_{texcoord}" not in attributes:
+            problem = f"a primitive of mesh {primitive.mesh} has no TEXCOORD_{texcoord}"
+        else:
+            stored = scene.source.accessor_float(attributes[f"TEXCOORD_{texcoord}"])
+            uv = np.stack([stored[:, 0], 1.0 - stored[:, 1]], axis=1)  # glTF's UV origin is top-left
+            problem = atlas_problem(uv, primitive.triangles)
+        if problem is not None:
+            log.warning(f"material {name!r}: cannot keep its UVs ({problem}); unwrapping it with xatlas instead")
+            return None
+        layouts[primitive.key] = PrimitiveUV(np.arange(primitive.vertex_count), primitive.triangles,
+                                             np.clip(uv, 0.0, 1.0).astype(np.float32), False, group, texcoord)
+    return layouts
+
+
+def _unwrapped_group(scene: SceneSource, primitives: list[SourcePrimitive], group: int,
+                     texture_size: int) -> dict[tuple[int, int], PrimitiveUV]:
+    """Unwrap primitives into one map. Each is placed beside the previous one (positions only
+    shape the charts), and source vertices are not welded: a vertex whose normal, colour or
+    skin weights differ across an edge must stay a separate vertex, so charts also end there."""
+    pieces, faces, offset, shift = [], [], 0, 0.0
+    for primitive in primitives:
+        attributes = scene.document["meshes"][primitive.mesh]["primitives"][primitive.index]["attributes"]
+        positions = scene.source.accessor_float(attributes["POSITION"])
+        low, high = positions.min(axis=0), positions.max(axis=0)
+        pieces.append(positions + np.array([shift - low[0], 0.0, 0.0]))
+        shift += float(high[0] - low[0]) * 1.1 + 1e-3
+        faces.append(primitive.triangles + offset)
+        offset += len(positions)
+    vmapping, new_faces, uv = unwrap(np.concatenate(pieces), np.concatenate(faces), texture_size)
+    layouts, face_start, vertex_start = {}, 0, 0
+    for primitive in primitives:
+        mine = new_faces[face_start : face_start + len(primitive.triangles)].astype(np.int64)
+        used, local = np.unique(mine, return_inverse=True)
+        layouts[primitive.key] = PrimitiveUV(vmapping[used] - vertex_start, local.reshape(-1, 3), uv[used], True, group)
+        face_start += len(primitive.triangles)
+        vertex_start += primitive.vertex_count
+    return layouts

@@ -22,6 +22,7 @@ from typing import Any
 from ..datatypes import MeshData, PBRMaps
 from ..errors import ExportError
 from ..fileio import atomic_outputs
+from ..mesh_io.scene import SceneUV
 from .files import (
     SUPPORTED_SUFFIXES,
     SUPPORTED_TEXT,
@@ -34,6 +35,7 @@ from .gltf import glb_files, gltf_files
 from .images import MAP_NAMES, encode_png, linear_to_srgb, map_images, save_maps
 from .metadata import GENERATOR, provenance, read_metadata, to_jsonable
 from .obj import obj_files
+from .scene import scene_files, scene_record
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +53,14 @@ def _recorded_inputs(metadata: Mapping[str, Any]) -> list[Path]:
 _FORMATS = {".glb": glb_files, ".gltf": gltf_files, ".obj": obj_files}
 
 
-def export_textured_mesh(mesh: MeshData, maps: PBRMaps, path: Path, metadata: dict) -> Path:
+def export_textured_mesh(mesh: MeshData, maps: PBRMaps, path: Path, metadata: dict,
+                         scene: SceneUV | None = None) -> Path:
     """Write `mesh` with `maps` to `path`; the extension picks the format.
+
+    With `scene` (a glTF input kept whole) a .glb/.gltf output is the source document patched
+    by ``export.scene`` (its scene graph, skins, animations, materials... kept; new maps per
+    group of materials); an .obj output gets the flattened `mesh`, with a warning naming
+    what OBJ cannot hold.
 
     .glb: one file, images embedded. .gltf: OUT.gltf + OUT.bin + OUT_basecolor.png +
     OUT_metallicRoughness.png. .obj: OUT.obj + OUT.mtl + OUT_basecolor.png +
@@ -73,9 +81,15 @@ def export_textured_mesh(mesh: MeshData, maps: PBRMaps, path: Path, metadata: di
     geometry = world_geometry(mesh)
     pngs = {name: encode_png(image) for name, image in map_images(maps, bits=8).items()}
     record = provenance(metadata)
+    if scene is not None and path.suffix.lower() != ".obj":
+        payloads = scene_files(scene, maps, pngs, record, path)
+    else:
+        if scene is not None:
+            _warn_flattened(scene, path)
+        payloads = build(mesh, geometry, pngs, record, path)
     try:
         with atomic_outputs(output_files(path)) as temps:
-            for temp, payload in zip(temps, build(mesh, geometry, pngs, record, path), strict=True):
+            for temp, payload in zip(temps, payloads, strict=True):
                 temp.write_bytes(payload)
     except OSError as exc:
         raise ExportError(f"{path}: cannot write output: {exc}") from exc
@@ -85,7 +99,18 @@ def export_textured_mesh(mesh: MeshData, maps: PBRMaps, path: Path, metadata: di
     return path
 
 
+def _warn_flattened(scene: SceneUV, path: Path) -> None:
+    """Name what an OBJ output of a glTF scene drops."""
+    record = scene_record(scene)["kept"]
+    lost = [f"{record[k]} {k}" for k in ("nodes", "skins", "animations", "morph_targets", "cameras", "lights")
+            if record[k]]
+    logger.warning("%s: OBJ holds one flattened mesh in its default pose; not kept: %s, materials %s "
+                   "(write .glb or .gltf to keep them)", path, ", ".join(lost) or "nothing else",
+                   ", ".join(scene_record(scene)["remade"]["materials_textured"] + record["materials_untouched"]))
+
+
 __all__ = [
     "GENERATOR", "MAP_NAMES", "SUPPORTED_SUFFIXES", "check_not_overwriting", "encode_png", "export_textured_mesh",
-    "linear_to_srgb", "map_images", "output_files", "read_metadata", "save_maps", "sidecar_path", "to_jsonable",
+    "linear_to_srgb", "map_images", "output_files", "read_metadata", "save_maps", "scene_record", "sidecar_path",
+    "to_jsonable",
 ]

@@ -344,3 +344,22 @@ _PREPARE: dict[str, Callable[[bytes, str, FolderResolver], bytes]] = {
     ".stl": _prepare_stl,
     ".off": _prepare_off,
 }
+
+
+def read_gltf_document(path: Path, label: str) -> tuple[dict, list[bytes], FolderResolver]:
+    """The untouched JSON of a .gltf/.glb file, the bytes of each of its buffers, and the
+    resolver confined to its folder (for external images). Checked like `load_file` does."""
+    data = path.read_bytes()
+    resolver = FolderResolver(path.absolute().parent, label)
+    binary = None
+    if path.suffix.lower() == ".glb":
+        header, chunks = _split_glb(data, label)
+        binary = next((payload for kind, payload in chunks if kind == _GLB_BIN), None)
+    else:
+        try:
+            header = json.loads(data.decode("utf-8-sig"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise MeshLoadError(f"{label}: not a valid glTF file (invalid JSON: {one_line(exc)})") from exc
+    _check_gltf_header(header, label, resolver)
+    buffers = [_read_gltf_buffer(header, i, binary, resolver, label) for i in range(len(header.get("buffers") or []))]
+    return header, buffers, resolver

@@ -17,7 +17,7 @@ from .flatten import Part
 log = logging.getLogger(__name__)
 
 _MOSTLY = 0.5  # refuse when more than this fraction of vertices is non-finite
-_MERGE_QUANTUM = 2.0**-20  # vertices closer than ~1e-6 (normalised units) are the same vertex
+MERGE_QUANTUM = 2.0**-20  # vertices closer than ~1e-6 (normalised units) are the same vertex
 _MIN_DOUBLE_AREA = 1e-14  # |cross| below this (normalised units) is a zero-area face
 _MAX_IMAGE_SIDE = 4096
 
@@ -44,7 +44,7 @@ def build_mesh_data(parts: list[Part], label: str, name: str, up: tuple[float, f
         log.warning(f"{label}: removed {unreferenced} unreferenced vertices")
     faces = _fix_winding(normalised, faces, label)
     normalised, faces, uv, groups = _compact(normalised, faces, uv, groups)
-    centre_again, half_again = _box(normalised)  # dropped faces may have shrunk the box
+    centre_again, half_again = box(normalised)  # dropped faces may have shrunk the box
     normalised = (normalised - centre_again) / half_again
     to_source = np.eye(4)
     to_source[:3, :3] *= half * half_again
@@ -52,7 +52,7 @@ def build_mesh_data(parts: list[Part], label: str, name: str, up: tuple[float, f
     return MeshData(
         vertices=normalised.astype(np.float32),
         faces=faces.astype(np.int32),
-        normals=_vertex_normals(normalised, faces, groups, up),
+        normals=vertex_normals(normalised, faces, groups, up),
         uv=None if uv is None else uv.astype(np.float32),
         to_source=to_source,
         name=name,
@@ -109,7 +109,7 @@ def _drop_nonfinite(vertices: np.ndarray, faces: np.ndarray, label: str) -> np.n
     return faces[~touched]
 
 
-def _box(points: np.ndarray) -> tuple[np.ndarray, float]:
+def box(points: np.ndarray) -> tuple[np.ndarray, float]:
     """Centre and half of the longest side of the points' bounding box."""
     low, high = points.min(axis=0), points.max(axis=0)
     return (low + high) / 2.0, float((high - low).max()) / 2.0
@@ -118,13 +118,13 @@ def _box(points: np.ndarray) -> tuple[np.ndarray, float]:
 def _bounds(vertices: np.ndarray, faces: np.ndarray, label: str) -> tuple[np.ndarray, float]:
     """_box of the vertices faces use; refuses a mesh of zero extent."""
     used = vertices[_used(faces, len(vertices))]
-    centre, half = _box(used)
+    centre, half = box(used)
     if not half > 1e-12 * max(1.0, float(np.abs(used).max())):
         raise MeshValidationError(f"{label}: all {len(faces)} faces are degenerate (zero area); nothing to texture")
     return centre, half
 
 
-def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(first index, inverse, counts) of the unique rows of an (N, K) integer array, in
     lexicographic order like np.unique(axis=0), but via 1-D keys (much faster)."""
     rows = rows - rows.min(axis=0)
@@ -151,15 +151,15 @@ def _merge_vertices(
     later welding agree; different parts and UV seams stay separate vertices."""
     finite = np.isfinite(vertices).all(axis=1)
     quantised = np.zeros(vertices.shape, dtype=np.int64)
-    quantised[finite] = np.round(vertices[finite] / _MERGE_QUANTUM).astype(np.int64)
+    quantised[finite] = np.round(vertices[finite] / MERGE_QUANTUM).astype(np.int64)
     quantised[~finite] = np.arange((~finite).sum())[:, None] - (1 << 40)  # never merge bad vertices
-    first, groups, _ = _unique_rows(quantised)
+    first, groups, _ = unique_rows(quantised)
     vertices = vertices[first[groups]]
     key = [groups[:, None], part_ids[:, None]]
     if uv is not None:
         uv_key = np.where(np.isfinite(uv), uv, 0.0)
-        key.append(np.round(uv_key / _MERGE_QUANTUM).astype(np.int64))
-    keep, inverse, _ = _unique_rows(np.hstack(key))
+        key.append(np.round(uv_key / MERGE_QUANTUM).astype(np.int64))
+    keep, inverse, _ = unique_rows(np.hstack(key))
     return vertices[keep], inverse[faces], None if uv is None else uv[keep], groups[keep]
 
 
@@ -180,7 +180,7 @@ def _drop_degenerate(vertices: np.ndarray, faces: np.ndarray, label: str) -> np.
 
 def _drop_duplicates(faces: np.ndarray, label: str) -> np.ndarray:
     """Drop faces that repeat another face's vertices (in any order)."""
-    first, _, _ = _unique_rows(np.sort(faces, axis=1))
+    first, _, _ = unique_rows(np.sort(faces, axis=1))
     if len(first) < len(faces):
         log.warning(f"{label}: dropped {len(faces) - len(first)} duplicate face(s)")
     return faces[np.sort(first)]
@@ -207,7 +207,7 @@ def _manifold_edge_pairs(faces: np.ndarray) -> np.ndarray:
     consistent when the two faces run along the edge in opposite directions."""
     directed = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
     forward = directed[:, 0] < directed[:, 1]
-    _, inverse, counts = _unique_rows(np.sort(directed, axis=1))
+    _, inverse, counts = unique_rows(np.sort(directed, axis=1))
     shared = np.flatnonzero(counts[inverse] == 2)
     idx = shared[np.argsort(inverse[shared], kind="stable")].reshape(-1, 2)
     consistent = forward[idx[:, 0]] != forward[idx[:, 1]]
@@ -259,7 +259,7 @@ def _compact(
     return vertices[used], remap[faces], None if uv is None else uv[used], groups[used]
 
 
-def _vertex_normals(
+def vertex_normals(
     vertices: np.ndarray, faces: np.ndarray, groups: np.ndarray, up: tuple[float, float, float]
 ) -> np.ndarray:
     """(V, 3) float32 area-weighted normals, shared by all vertices at one position."""
