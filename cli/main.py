@@ -106,6 +106,11 @@ def settings_options(func: Callable) -> Callable:
         click.option("--renderer", type=click.Choice(["auto", "torch", "nvdiffrast"]),
                      help="Rasterizer backend [default: auto: nvdiffrast on CUDA, else torch]."),
         click.option("--keep-uv", is_flag=True, default=None, help="Use the mesh's own UVs when valid instead of xatlas."),
+        click.option("--atlas", type=click.Choice(["per-material", "shared"]),
+                     help="glTF inputs: maps for each material (default) or one atlas shared by all."),
+        click.option("--materials", "material_patterns",
+                     help="glTF inputs: texture only the materials whose names match these globs (NAME,...)."),
+        click.option("--skip-materials", help="glTF inputs: leave materials matching these globs (NAME,...) as they are."),
         click.option("--up-axis", type=click.Choice(["x", "y", "z", "-x", "-y", "-z"]),
                      help="Which way is up for view-dependent prompts [default: from the format]."),
         click.option("--map-bits", type=click.Choice(["8", "16"]), help="Bit depth of --save-maps PNGs."),
@@ -151,6 +156,9 @@ def build_config(config_file: Path | None, preset_name: str, options: dict[str, 
         "renderer": options.get("renderer"),
         "keep_uv": options.get("keep_uv"),
         "up_axis": options.get("up_axis"),
+        "atlas": options.get("atlas"),
+        "materials": _patterns(options.get("material_patterns")),
+        "skip_materials": _patterns(options.get("skip_materials")),
         "map_bits": int(options["map_bits"]) if options.get("map_bits") else None,
     }
     if options.get("negative_weight"):
@@ -162,6 +170,11 @@ def build_config(config_file: Path | None, preset_name: str, options: dict[str, 
         if options.get("steps") is None and not config_file:
             changes["steps"] = max(1, config.steps // 2)
     return config.updated(**changes)
+
+
+def _patterns(text: str | None) -> tuple[str, ...] | None:
+    """`NAME,NAME*` -> ("NAME", "NAME*"); None when not given."""
+    return None if text is None else tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 def parse_timestep_range(text: str) -> tuple[Schedule, Schedule]:
