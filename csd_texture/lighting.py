@@ -23,7 +23,8 @@ from .datatypes import CameraBatch, Lighting
 HDRI_DIR = Path(__file__).resolve().parent / "data" / "hdri"
 ROUGHNESS_LEVELS = (0.0, 0.2, 0.35, 0.5, 0.7, 1.0)  # prefiltered specular levels (interpolated between)
 PREFILTER_SIZE = (32, 64)  # (H, W) of the prefiltered maps
-INTENSITY_RANGE = (0.6, 1.6)  # random per-view scale of the environment
+INTENSITY_RANGE = (0.6, 1.6)
+PREVIEW_ENVIRONMENT = "studio"  # random per-view scale of the environment
 
 
 @dataclass(frozen=True)
@@ -178,11 +179,14 @@ def random_environment_lighting(cameras: CameraBatch, generator: torch.Generator
 
 def fixed_environment_lighting(cameras: CameraBatch, up_axis: tuple[float, float, float] = (0.0, 1.0, 0.0),
                                unlit: bool = False, environments: Environments | None = None) -> EnvironmentLighting:
-    """The first bundled environment, fixed to the world (previews, turntables, benches)."""
+    """The PREVIEW_ENVIRONMENT (or the first) environment, fixed to the world (previews, turntables,
+    benches)."""
     environments = environments if environments is not None else bundled_environments()
     batch = cameras.batch_size
+    names = environments.names
+    index = names.index(PREVIEW_ENVIRONMENT) if PREVIEW_ENVIRONMENT in names else 0
     return EnvironmentLighting(
-        environments, torch.zeros(batch, dtype=torch.long),
+        environments, torch.full((batch,), index, dtype=torch.long),
         environment_rotation(torch.zeros(batch), up_axis), torch.ones(batch, 1),
         torch.full((batch,), unlit, dtype=torch.bool))
 

@@ -18,7 +18,7 @@ from .datatypes import CameraBatch, MeshData, PBRMaps
 from .devices import resolve_device
 from .errors import ConfigError
 from .fileio import atomic_output
-from .lighting import fixed_lighting
+from .lighting import bundled_environments, fixed_environment_lighting
 from .render import Rasterizer, get_rasterizer
 from .render.views import RenderOutput, Surface, TextureFn, render_views
 from .texture import ImageTexture
@@ -40,18 +40,21 @@ def default_rasterizer(rasterizer: Rasterizer | None) -> Rasterizer:
 
 def render_batched(mesh: MeshData, texture: TextureFn, cameras: CameraBatch, rasterizer: Rasterizer, *,
                    unlit: bool, background: tuple[float, float, float] = BACKGROUND) -> RenderOutput:
-    """Render every camera of `cameras` (under `fixed_lighting`), VIEWS_PER_BATCH at a time.
+    """Render every camera of `cameras` lit by the studio environment, as a glTF viewer would show
+    the model (`fixed_environment_lighting`, the light the optimiser uses), VIEWS_PER_BATCH at a time.
 
     Returns a RenderOutput on the CPU: image (B, H, W, 3) sRGB in [0, 1], mask (B, H, W, 1).
     """
     device = torch.device(getattr(rasterizer, "device", "cpu"))
     surface = Surface.from_mesh(mesh, device)
+    environments = bundled_environments().to(device)
     images, masks = [], []
     with torch.no_grad():
         for start in range(0, cameras.batch_size, VIEWS_PER_BATCH):
             views = _camera_slice(cameras, start, start + VIEWS_PER_BATCH).to(device)
             fill = torch.tensor(background, dtype=torch.float32, device=device).expand(views.batch_size, 3)
-            out = render_views(surface, texture, views, fixed_lighting(views, unlit=unlit), rasterizer, fill)
+            lighting = fixed_environment_lighting(views, mesh.up_axis, unlit=unlit, environments=environments)
+            out = render_views(surface, texture, views, lighting, rasterizer, fill)
             images.append(out.image.cpu())
             masks.append(out.mask.cpu())
     return RenderOutput(image=torch.cat(images), mask=torch.cat(masks))
@@ -80,7 +83,7 @@ def orbit_frames(mesh: MeshData, maps: PBRMaps, count: int, size: int, rasterize
 def contact_sheet(mesh: MeshData, maps: PBRMaps, path: Path, size: int = 256,
                   rasterizer: Rasterizer | None = None) -> Path:
     """Write a PNG of SHEET_VIEWS orbit views, `size` pixels each: the top row lit by a
-    headlight (`fixed_lighting`), the bottom row albedo only. Returns `path`."""
+    studio environment (`fixed_environment_lighting`), the bottom row albedo only. Returns `path`."""
     path = check_sheet_path(path)
     rasterizer = default_rasterizer(rasterizer)
     rows = [orbit_frames(mesh, maps, SHEET_VIEWS, size, rasterizer, unlit=unlit) for unlit in (False, True)]
