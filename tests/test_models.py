@@ -252,3 +252,59 @@ def test_doctor_reports_the_family(model_dirs: dict[str, str]) -> None:
 
     assert check_model(model_dirs["sdxl"]).endswith(": sdxl (epsilon)")
     assert check_model(model_dirs["sd-v"]).endswith(": sd2 (v_prediction)")
+
+
+@pytest.mark.slow
+def test_cli_single_file_with_lora_and_controlnet(tiny_model_dir: str, tmp_path: Path, gltf_validator) -> None:
+    """--model FILE.safetensors --model-config DIR --lora FILE:SCALE --controlnet depth=DIR, end to end."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    checkpoint = save_single_file(tiny_model_dir, tmp_path / "tiny.safetensors")
+    unet = UNet2DConditionModel.from_pretrained(tiny_model_dir, subfolder="unet")
+    build_tiny_controlnet(unet).save_pretrained(tmp_path / "controlnet")
+    unet.add_adapter(LoraConfig(r=2, target_modules=["to_q", "to_v"], init_lora_weights=False))
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(unet))
+    out = tmp_path / "out.glb"
+    proc = csd_texture(DATA / "good" / "fuze.obj", "a red can", "-o", out, "--model", checkpoint, "--model-config",
+                       tiny_model_dir, "--lora", f"{tmp_path / 'lora'}:0.5", "--controlnet",
+                       f"depth={tmp_path / 'controlnet'}", *FAST)
+    assert proc.returncode == 0, proc.stderr
+    gltf_validator(out)
+    extras = pygltflib.GLTF2().load(str(out)).asset.extras
+    assert extras["model_loaded"] == (f"sd1 (epsilon, single-file) + LoRA {tmp_path / 'lora'}:0.5; "
+                                      f"ControlNet depth={tmp_path / 'controlnet'}")
+    assert extras["settings"]["loras"] == [f"{tmp_path / 'lora'}:0.5"]
+
+
+def test_rendered_depth_and_camera_space_normals_of_a_sphere() -> None:
+    """Facing the camera: normal (0, 0, 1) and depth = distance - radius at the centre; normals point
+    right on the right edge and up at the top (row 0); the normal ControlNet image maps n to n/2 + 1/2."""
+    import trimesh
+
+    from csd_texture.cameras import make_cameras
+    from csd_texture.datatypes import Lighting
+    from csd_texture.guidance.controlnet import control_images
+    from csd_texture.mesh_io import load_mesh
+    from csd_texture.render import get_rasterizer
+    from csd_texture.render.views import Surface, render_views
+    from csd_texture.texture import make_texture
+    from csd_texture.uv import prepare_uv
+
+    mesh = prepare_uv(load_mesh(trimesh.creation.icosphere(subdivisions=4)), texture_size=64)
+    surface = Surface.from_mesh(mesh, "cpu")
+    cameras = make_cameras(torch.tensor([20.0]), torch.tensor([30.0]), torch.tensor([40.0]), 1.0, 65)
+    lighting = Lighting(torch.tensor([[0.0, 1.0, 0.0]]), torch.ones(1, 3), torch.zeros(1, 3), torch.tensor([True]))
+    out = render_views(surface, make_texture("image", 64, 0), cameras, lighting, get_rasterizer("torch", "cpu"),
+                       torch.zeros(1, 3))
+    centre, distance = out.normal[0, 32, 32], cameras.position[0].norm()
+    torch.testing.assert_close(centre, torch.tensor([0.0, 0.0, 1.0]), atol=0.03, rtol=0)
+    assert abs(float(out.depth[0, 32, 32, 0]) - (float(distance) - 1.0)) < 0.02
+    columns = out.mask[0, 32, :, 0].nonzero()
+    rows = out.mask[0, :, 32, 0].nonzero()
+    assert out.normal[0, 32, int(columns.max()), 0] > 0.7 and out.normal[0, int(rows.min()), 32, 1] > 0.7
+    assert out.depth[0][out.mask[0] == 0].abs().max() == 0
+    image = control_images("normal", out.depth, out.normal, out.mask)
+    torch.testing.assert_close(image[0, :, 32, 32], centre * 0.5 + 0.5)
+    torch.testing.assert_close(image[0, :, 0, 0], torch.tensor([0.5, 0.5, 1.0]))
