@@ -126,7 +126,7 @@ def settings_options(func: Callable) -> Callable:
                      "(the top of the range falls over the run) [default: 0.02,0.98,0.5]."),
         click.option("--edit", is_flag=True, default=None,
                      help="Edit the mesh's existing base colour texture (on its own UVs) instead of starting "
-                          "blank; runs half the preset's steps unless --steps is given."),
+                          "blank; runs half the steps (of --steps or the preset)."),
         click.option("--source-prompt", help="With --edit: what the existing texture shows (kept out as the "
                      "negative prompt)."),
         click.option("--edit-strength", type=click.FloatRange(0.0, 1.0),
@@ -179,8 +179,6 @@ def build_config(config_file: Path | None, preset_name: str, options: dict[str, 
         changes["timestep_min"], changes["timestep_max"] = parse_timestep_range(options["timestep_range"])
     if options.get("edit"):
         changes.update(edit=True, source_prompt=options.get("source_prompt"), edit_strength=options.get("edit_strength"))
-        if options.get("steps") is None and not config_file:
-            changes["steps"] = max(1, config.steps // 2)
     return config.updated(**changes)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 import pytest
 
-from csd_texture.config import PRESETS, Config, Schedule, load_config, preset, save_config
+from csd_texture.config import PRESETS, Config, Schedule, edit_settings, load_config, preset, save_config
 from csd_texture.errors import ConfigError
 from csd_texture_cli.main import build_config, parse_timestep_range
 
@@ -30,11 +30,16 @@ def test_guidance_variant_and_schedules() -> None:
         parse_timestep_range("0.5")
 
 
-def test_edit_halves_the_preset_steps_unless_given() -> None:
+def test_edit_runs_half_the_steps_by_one_rule_for_cli_and_api() -> None:
+    """The CLI records the steps asked for; edit_settings (used by texture_mesh) halves them, rounding up."""
     edit = build_config(None, "balanced", options(edit=True, source_prompt="a red chair", edit_strength=0.3))
     assert edit.edit and edit.source_prompt == "a red chair" and edit.edit_strength == 0.3
-    assert edit.steps == preset("balanced").steps // 2
-    assert build_config(None, "balanced", options(edit=True, steps=40)).steps == 40
+    assert edit.steps == preset("balanced").steps
+    assert edit_settings(edit).steps == preset("balanced").steps // 2
+    assert edit_settings(Config(edit=True)).steps == edit_settings(edit).steps  # API defaults: same rule
+    given = build_config(None, "balanced", options(edit=True, steps=41))
+    assert given.steps == 41 and edit_settings(given).steps == 21
+    assert edit_settings(Config(edit=True, steps=0)).steps == 0
 
 
 def test_config_file_then_options_override(tmp_path) -> None:
@@ -134,9 +139,9 @@ def test_config_round_trips_through_dict_json_and_yaml(tmp_path) -> None:
         for suffix in (".json", ".yaml"):
             save_config(config, tmp_path / f"c{suffix}")
             assert load_config(tmp_path / f"c{suffix}") == config
-        text = {k: ",".join(map(repr, v)) if isinstance(v, list) else str(v)  # every value as CSV text
-                for k, v in config.to_dict().items() if v is not None and k not in ("prompt", "negative_prompt",
-                                                                                    "source_prompt", "loras")}
+        text = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)  # every value as CSV text
+                for k, v in config.to_dict().items()
+                if v not in (None, (), []) and k not in ("prompt", "negative_prompt", "source_prompt")}
         assert Config.from_dict(text).updated(prompt=config.prompt) == config
 
     round_trip()

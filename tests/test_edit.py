@@ -10,11 +10,16 @@ import trimesh
 
 from csd_texture import texture_mesh
 from csd_texture.config import Config, edit_settings
+from csd_texture.datatypes import PBRMaps
 from csd_texture.errors import MeshValidationError
+from csd_texture.export import export_textured_mesh
 from csd_texture.mesh_io import load_mesh
 from csd_texture.render.shading import srgb_to_linear
+from csd_texture.testing import NAMED_HUES, hue_distance, mean_color_hsv
+from csd_texture.uv import prepare_uv
 
 FUZE = Path(__file__).parent / "data" / "meshes" / "good" / "fuze.obj"
+PRIOR = Path(__file__).parent / "data" / "tiny-prior"
 
 
 def test_edit_keeps_uvs_and_starts_exactly_from_the_texture(tiny_model_dir: str) -> None:
@@ -37,12 +42,29 @@ def test_edit_settings_follow_the_paper() -> None:
     assert gentle.learning_rate < strong.learning_rate
 
 
-def test_edit_moves_the_texture_when_steps_run(tiny_model_dir: str) -> None:
-    result = texture_mesh(FUZE, "a blue can", edit=True, steps=3, texture_size=128, render_size=64,
-                          model=tiny_model_dir, progress=False)
-    start = texture_mesh(FUZE, "a blue can", edit=True, steps=0, texture_size=128, model=tiny_model_dir,
-                         progress=False)
-    assert np.abs(result.maps.albedo - start.maps.albedo).max() > 1e-4
+def red_ball(folder: Path, size: int = 32) -> Path:
+    """An icosphere with a uniform red base colour texture (sRGB (0.5, 0.04, 0.04) before export)."""
+    mesh = prepare_uv(load_mesh(trimesh.creation.icosphere(subdivisions=2)), texture_size=size)
+    red = np.full((size, size, 3), 0.04, np.float32)  # no channel at exactly 0, where the sigmoid is flat
+    red[..., 0] = 0.5
+    maps = PBRMaps(albedo=red, roughness=np.full((size, size, 1), 0.6, np.float32),
+                   metallic=np.zeros((size, size, 1), np.float32), coverage=np.ones((size, size), bool))
+    return export_textured_mesh(mesh, maps, folder / "red.glb", {"prompt": "a red ball"})
+
+
+def test_edit_moves_the_texture_towards_the_prompt_hue(tmp_path: Path) -> None:
+    """With the trained tiny prior, editing a red ball with "a blue ball" moves its hue towards blue and
+    away from red (the direction, not just "changed"); api and CLI run half the steps asked for."""
+    source = red_ball(tmp_path)
+    before = torch.from_numpy(load_mesh(source).base_color_image)
+    result = texture_mesh(source, "a blue ball", edit=True, source_prompt="a red ball", edit_strength=1.0,
+                          steps=40, texture_size=32, render_size=64, learning_rate=0.1, model=str(PRIOR),
+                          progress=False)
+    assert len(result.history) == 20  # edit_settings: half the steps
+    after = torch.from_numpy(np.clip(result.maps.albedo, 0, 1) ** (1 / 2.2))
+    hue_before, hue_after = mean_color_hsv(before)[0], mean_color_hsv(after)[0]
+    assert hue_distance(hue_after, NAMED_HUES["blue"]) < hue_distance(hue_before, NAMED_HUES["blue"]) - 20
+    assert hue_distance(hue_after, NAMED_HUES["red"]) > hue_distance(hue_before, NAMED_HUES["red"]) + 20
 
 
 def test_edit_needs_a_textured_mesh(tiny_model_dir: str) -> None:
