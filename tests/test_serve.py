@@ -196,10 +196,22 @@ def test_bad_requests_are_refused_in_one_line(served, filename, settings, prompt
 
 
 def test_uploads_over_the_limit_are_refused(served) -> None:
+    """Refused from the headers, before the body is sent (a client waiting on Expect:
+    100-continue sends nothing), so a large upload costs nothing."""
+    import http.client
+
     client, store = served
     folders = set(store.root.iterdir())
-    status, reply = client.submit(b"v 0 0 0\n" * (MAX_UPLOAD_MB * 2**20 // 8 + 1), "big.obj", settings=FAST)
-    assert status == 413 and "--max-upload-mb" in reply["error"], reply
+    connection = http.client.HTTPConnection(client.base.removeprefix("http://"), timeout=30)
+    connection.putrequest("POST", "/api/jobs")
+    connection.putheader("Content-Type", "multipart/form-data; boundary=x")
+    connection.putheader("Content-Length", str(MAX_UPLOAD_MB * 2**20 + 1))
+    connection.putheader("Expect", "100-continue")
+    connection.endheaders()
+    response = connection.getresponse()
+    reply = json.loads(response.read())
+    connection.close()
+    assert response.status == 413 and "--max-upload-mb" in reply["error"], reply
     assert set(store.root.iterdir()) == folders
 
 
@@ -285,3 +297,183 @@ def test_serve_refuses_a_missing_model_in_one_line(tmp_path: Path) -> None:
                            "--port", "1"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "nothing" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- the page
+STATIC = Path(__file__).resolve().parents[1] / "csd_texture" / "serve" / "static"
+PINNED_THREE = Path(__file__).resolve().parents[1] / "tools" / "browser-check" / "node_modules" / "three"
+
+
+def test_page_and_vendored_three_are_served(served) -> None:
+    client, _ = served
+    status, page = client.request("GET", "/")
+    assert status == 200 and b'type="importmap"' in page and b"/static/app.js" in page
+    assert b"https://" not in page  # nothing from a CDN
+    for path in ("/static/app.js", "/static/vendor/three/build/three.module.js",
+                 "/static/vendor/three/examples/jsm/loaders/GLTFLoader.js"):
+        assert client.request("GET", path)[0] == 200, path
+    assert client.request("GET", "/static/../jobs")[0] == 404
+    assert client.json("GET", "/api/info")[1] == {"max_upload_bytes": MAX_UPLOAD_MB * 2**20,
+                                                  "presets": ["fast", "balanced", "quality"]}
+
+
+def test_vendored_three_matches_the_pinned_copy() -> None:
+    """The page's three.js files are the pinned npm release, unchanged (MIT licence kept)."""
+    if not (PINNED_THREE / "package.json").is_file():
+        pytest.skip("three.js is not installed in tools/browser-check; run tools/install_test_deps.sh")
+    vendored = STATIC / "vendor" / "three"
+    files = [p for p in vendored.rglob("*") if p.is_file() and p.name != "README.md"]
+    assert (vendored / "LICENSE").read_text().startswith("The MIT License")
+    for path in files:
+        assert path.read_bytes() == (PINNED_THREE / path.relative_to(vendored)).read_bytes(), path
+
+
+class DevTools:
+    """Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe: JSON
+    messages ended by NUL, commands on fd 3, replies and events on fd 4); stdlib only."""
+
+    def __init__(self, executable: str, flags: tuple[str, ...], profile: Path) -> None:
+        import fcntl
+        import os
+
+        to_browser, self._write = os.pipe()
+        self._read, from_browser = os.pipe()
+        # Above 4, so that placing them on 3 and 4 in the child cannot clobber one another.
+        child_in, child_out = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_browser, from_browser))
+        for fd in (to_browser, from_browser):
+            os.close(fd)
+
+        def place() -> None:
+            os.dup2(child_in, 3)
+            os.dup2(child_out, 4)
+
+        self.process = subprocess.Popen(
+            [executable, *flags, "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=place, pass_fds=(3, 4),
+            start_new_session=True)
+        os.close(child_in)
+        os.close(child_out)
+        self._next_id = 0
+        self._buffer = b""
+        self.events: list[dict] = []
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "DOM"):
+            self.send(f"{domain}.enable", session=True)
+
+    def send(self, method: str, params: dict | None = None, session: bool = False) -> dict:
+        import os
+
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = self.session
+        os.write(self._write, json.dumps(message).encode() + b"\0")
+        while True:
+            reply = self._receive()
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+            self.events.append(reply)
+
+    def _receive(self) -> dict:
+        import os
+        import select
+
+        while b"\0" not in self._buffer:
+            ready, _, _ = select.select([self._read], [], [], 60)
+            chunk = os.read(self._read, 1 << 20) if ready else b""
+            if not chunk:
+                raise RuntimeError("chromium stopped answering")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def evaluate(self, expression: str):
+        result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
+                                                "awaitPromise": True}, session=True)
+        return result["result"].get("value")
+
+    def console(self) -> list[str]:
+        self.evaluate("0")  # collect pending events
+        return [" ".join(str(a.get("value", "")) for a in e["params"]["args"]) for e in self.events
+                if e.get("method") == "Runtime.consoleAPICalled"]
+
+    def close(self) -> None:
+        import os
+        import signal
+
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+        os.close(self._read)
+        os.close(self._write)
+
+
+@pytest.mark.slow
+def test_page_uploads_follows_progress_and_renders_the_result(served, tmp_path: Path) -> None:
+    """Headless Chromium: choose a file, type a prompt, submit; the page shows steps and a live
+    preview, then the result in the three.js viewer; the base colour view shows the baked map."""
+    import numpy as np
+    from PIL import Image
+
+    from test_browser import CHROMIUM_FLAGS, chromaticity, require_browser
+
+    client, _ = served
+    flags = tuple(f for f in CHROMIUM_FLAGS if not f.startswith(("--virtual-time-budget", "--window-size")))
+    browser = DevTools(require_browser(), (*flags, "--window-size=900,600"), tmp_path / "profile")
+    try:
+        browser.send("Page.navigate", {"url": client.base + "/"}, session=True)
+        deadline = time.monotonic() + 60
+        while browser.evaluate("document.readyState === 'complete' && !!document.getElementById('mesh')") is not True:
+            assert time.monotonic() < deadline, "the page did not load"
+            time.sleep(0.2)
+        root = browser.send("DOM.getDocument", session=True)["root"]["nodeId"]
+        node = browser.send("DOM.querySelector", {"nodeId": root, "selector": "#mesh"}, session=True)["nodeId"]
+        browser.send("DOM.setFileInputFiles", {"files": [str(FUZE)], "nodeId": node}, session=True)
+        browser.evaluate("""
+            document.getElementById('prompt').value = 'a red can';
+            document.getElementById('preset').value = 'fast';
+            document.getElementById('steps').value = '40';
+            document.getElementById('texture_size').value = '64';
+            document.getElementById('render_size').value = '64';
+            document.getElementById('submit').click();""")
+        seen, previews, deadline = set(), 0, time.monotonic() + TIMEOUT_S
+        while not any(line.endswith("as lit") for line in browser.console()):
+            assert time.monotonic() < deadline, f"no result rendered; status: {seen}; console: {browser.console()}"
+            seen.add(browser.evaluate("document.getElementById('status').textContent"))
+            previews += browser.evaluate("document.getElementById('preview').style.display === 'block'") is True
+            time.sleep(0.1)
+        assert any("step " in text for text in seen), seen
+        assert previews > 0, "the live preview never showed"
+        job_id = browser.evaluate("new URLSearchParams(location.search).get('job')")
+        assert client.json("GET", f"/api/jobs/{job_id}")[1]["state"] == "done"
+        assert "GLB" in browser.evaluate("document.getElementById('downloads').textContent")
+
+        browser.evaluate("const r = document.querySelector('input[value=basecolor]'); r.checked = true; "
+                         "r.dispatchEvent(new Event('change'));")
+        deadline = time.monotonic() + 30
+        while not any(line.endswith("as basecolor") for line in browser.console()):
+            assert time.monotonic() < deadline, browser.console()
+            time.sleep(0.1)
+        box = browser.evaluate("JSON.stringify(document.getElementById('viewer').getBoundingClientRect())")
+        shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=True)["data"]
+    finally:
+        browser.close()
+    import base64
+
+    (tmp_path / "shot.png").write_bytes(base64.b64decode(shot))
+    image = np.asarray(Image.open(tmp_path / "shot.png").convert("RGB")).astype(float)
+    box = {k: int(round(v)) for k, v in json.loads(box).items()}
+    canvas = image[box["top"]:box["bottom"], box["left"]:box["right"]]
+    assert canvas.size > 0, box
+    foreground = np.abs(canvas - 32).max(axis=-1) > 12  # the viewer clears to #202020
+    assert foreground.mean() > 0.02, f"model not visible ({foreground.mean():.1%})"
+    status, png = client.request("GET", f"/api/jobs/{job_id}/maps/basecolor.png")
+    texels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3).astype(float)
+    seen_colour, baked = canvas[foreground].mean(0), texels.mean(0)
+    assert np.abs(chromaticity(seen_colour) - chromaticity(baked)).max() < 0.08, (seen_colour, baked)
+    assert 0.5 < seen_colour.mean() / baked.mean() < 1.5, (seen_colour, baked)

@@ -1,7 +1,9 @@
 """The HTTP side of the local web app (Starlette): the page, its static files and the job API.
 
-    POST   /api/jobs                 multipart: mesh (file), prompt, optional settings (JSON of
-                                     Config fields) -> 202 {"id": ...}
+    POST   /api/jobs                 multipart: mesh (file), prompt, optional preset (fast,
+                                     balanced, quality) and settings (JSON of Config fields,
+                                     over the preset) -> 202 {"id": ...}
+    GET    /api/info                 {"max_upload_bytes", "presets"}
     GET    /api/jobs                 recent jobs, newest first
     GET    /api/jobs/{id}            {"state", "progress", "error", "step", "total", "eta_s", ...}
     GET    /api/jobs/{id}/preview.png   base colour atlas, refreshed during the run
@@ -24,7 +26,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..config import Config
+from ..config import PRESETS, Config
 from ..errors import ConfigError, InputError
 from ..export import MAP_NAMES
 from .jobs import Job, JobStore
@@ -42,10 +44,14 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def parse_settings(text: str | None) -> dict:
-    """The `settings` form field: a JSON object of Config fields, checked by Config itself."""
+def parse_settings(text: str | None, preset: str | None = None) -> dict:
+    """The `preset` and `settings` form fields: the preset's fields overridden by a JSON object
+    of Config fields, checked by Config itself."""
+    if preset and preset not in PRESETS:
+        raise ConfigError(f"preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    base = dict(PRESETS[preset]) if preset else {}
     if not text:
-        return {}
+        return base
     try:
         settings = json.loads(text)
     except ValueError as exc:
@@ -55,8 +61,8 @@ def parse_settings(text: str | None) -> dict:
     fixed = sorted(SERVER_SETTINGS & set(settings))
     if fixed:
         raise ConfigError(f"settings: {', '.join(fixed)} cannot be set per job (the server chose them at start)")
-    Config().updated(**settings)  # unknown names and bad values fail here, before queueing
-    return settings
+    Config().updated(**{**base, **settings})  # unknown names and bad values fail here, before queueing
+    return {**base, **settings}
 
 
 def create_app(store: JobStore, workers: Workers, max_upload_bytes: int) -> Starlette:
@@ -76,7 +82,7 @@ def create_app(store: JobStore, workers: Workers, max_upload_bytes: int) -> Star
             try:
                 if not prompt.strip():
                     raise ConfigError('prompt: a prompt is required: describe the texture, e.g. "a wooden chair"')
-                settings = parse_settings(form.get("settings"))
+                settings = parse_settings(form.get("settings"), form.get("preset"))
                 upload_suffix(upload.filename or "")
             except InputError as exc:
                 return error(400, str(exc))
@@ -138,11 +144,15 @@ def create_app(store: JobStore, workers: Workers, max_upload_bytes: int) -> Star
         return FileResponse(path, headers=headers, filename=None if name == PREVIEW else
                             f"{Path(job.input_name).stem or 'mesh'}-{Path(name).name}")
 
+    async def info(request: Request) -> Response:
+        return JSONResponse({"max_upload_bytes": max_upload_bytes, "presets": list(PRESETS)})
+
     async def index(request: Request) -> Response:
         return FileResponse(str(STATIC / "index.html"), headers={"Cache-Control": "no-cache"})
 
     routes = [
         Route("/", index),
+        Route("/api/info", info),
         Route("/api/jobs", create_job, methods=["POST"]),
         Route("/api/jobs", list_jobs, methods=["GET"]),
         Route("/api/jobs/{job_id}", get_job, methods=["GET"]),
