@@ -25,6 +25,7 @@ import numpy as np
 from ..datatypes import PBRMaps
 from ..mesh_io.gltf import DTYPES
 from ..mesh_io.scene import SceneUV
+from . import prune
 from .files import companion_names
 from .gltf import glb_bytes
 from .images import encode_png, map_images
@@ -99,14 +100,38 @@ def scene_document(layout: SceneUV, maps: PBRMaps, bin_uri: str | None) -> tuple
             image["bufferView"] = blob.add(payload)
             image.setdefault("mimeType", "image/jpeg" if payload[:2] == b"\xff\xd8" else "image/png")
     shifted = _shifted_materials(layout, document)
+    old_textures = {info["index"] for m in scene.textured if m is not None for slot, info in
+                    (document["materials"][m].get("pbrMetallicRoughness") or {}).items() if slot in _TEXTURE_SLOTS}
+    old_accessors = set()
     for key, placed in layout.primitives.items():
         if placed.remade:
             primitive = document["meshes"][key[0]]["primitives"][key[1]]
+            old_accessors |= prune.referenced({"meshes": [{"primitives": [primitive]}]}, "accessors")
             _rewrite_primitive(document, source, primitive, placed, blob, shift=primitive.get("material") in shifted)
     _attach_maps(layout, document, maps, blob, shifted)
-    document["buffers"] = [{"byteLength": len(blob.data), **({"uri": bin_uri} if bin_uri else {})}]
+    data = _without_orphans(document, bytes(blob.data), old_textures, old_accessors)
+    document["buffers"] = [{"byteLength": len(data), **({"uri": bin_uri} if bin_uri else {})}]
     document["asset"]["generator"] = GENERATOR
-    return document, bytes(blob.data + b"\0" * (-len(blob.data) % 4))
+    return document, data + b"\0" * (-len(data) % 4)
+
+
+def _without_orphans(document: dict, data: bytes, old_textures: set[int], old_accessors: set[int]) -> bytes:
+    """Drop the replaced textures, their images and samplers, the re-written primitives' old accessors and
+    their buffer views when nothing else uses them; returns the compacted buffer."""
+    images = {document["textures"][t].get("source") for t in old_textures} - {None}
+    samplers = {document["textures"][t].get("sampler") for t in old_textures} - {None}
+    views = {document["images"][i].get("bufferView") for i in images}
+    for a in old_accessors:
+        accessor = document["accessors"][a]
+        sparse = accessor.get("sparse") or {}
+        views |= {accessor.get("bufferView")} | {sparse[p]["bufferView"] for p in ("indices", "values") if p in sparse}
+    prune.drop_unused(document, "textures", old_textures)
+    prune.drop_unused(document, "images", images)
+    prune.drop_unused(document, "samplers", samplers)
+    prune.drop_unused(document, "accessors", old_accessors)
+    if prune.drop_unused(document, "bufferViews", views - {None}):
+        return prune.compact_buffer(document, data)
+    return data
 
 
 def _shifted_materials(layout: SceneUV, document: dict) -> set[int | None]:
