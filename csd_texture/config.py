@@ -192,10 +192,15 @@ class Config:
     edit: bool = False  # start from the mesh's own base colour texture (text-guided editing)
     source_prompt: str = ""  # what the existing texture shows; the negative prompt when editing
     edit_strength: float = 0.5  # 0: stay close to the original ... 1: change freely
+    parts: tuple[tuple[str, str], ...] = ()  # (glob on a material or node name, prompt); the prompt paints the rest
+    region: str | None = None  # with edit: UV-space greyscale mask image (white = repaint), the texture's size
+    region_materials: tuple[str, ...] = ()  # with edit: repaint only the faces of these materials (globs)
+    region_nodes: tuple[str, ...] = ()  # with edit: repaint only the faces of these nodes (globs)
 
     def __post_init__(self) -> None:
         for name in ("roughness", "metallic"):  # one value pins it: "0" -> (0, 0)
             object.__setattr__(self, name, _pair(getattr(self, name)))
+        object.__setattr__(self, "parts", part_prompts(self.parts))  # dict, JSON or PATTERN=PROMPT texts
         for name, kind in _setting_types().items():  # every field, by its annotation: new fields too
             object.__setattr__(self, name, coerce_setting(name, getattr(self, name), kind))
         loras = (self.loras,) if isinstance(self.loras, str) else self.loras
@@ -235,6 +240,10 @@ class Config:
              f"controlnet must be depth or normal (optionally =ID_OR_FOLDER), got {self.controlnet!r}"),
             (0.0 <= self.unlit_fraction <= 1.0, "unlit_fraction must be within [0, 1]"),
             (0.0 <= self.edit_strength <= 1.0, f"edit_strength must be within [0, 1], got {self.edit_strength}"),
+            (self.edit or not (self.region or self.region_materials or self.region_nodes),
+             "region, region_materials and region_nodes choose what --edit repaints; add --edit (edit=True)"),
+            (sum(bool(x) for x in (self.region, self.region_materials, self.region_nodes)) <= 1,
+             "give one of region, region_materials or region_nodes, not several"),
             (all(0.0 <= s.start <= 1.0 and 0.0 <= s.end <= 1.0 for s in (self.timestep_min, self.timestep_max)),
              "timestep range values are fractions of the schedule and must be within [0, 1]"),
         ]
@@ -256,11 +265,45 @@ class Config:
             data[name] = [data[name]["start"], data[name]["end"]]
         for name in ("elevation_range", "fov_range", "loras", "distance_range", "roughness", "metallic"):
             data[name] = list(data[name])
+        data["parts"] = dict(self.parts)  # a JSON object {pattern: prompt}, as batch manifests write it
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Config":
         return cls().updated(**data)
+
+
+def part_prompts(value: Any) -> Any:
+    """Per-part prompts as ((pattern, prompt), ...) from a dict, a JSON object's text, `PATTERN=PROMPT`
+    text or a list of those or of pairs; ConfigError for anything else, an empty side or a repeated pattern."""
+    items = value
+    if isinstance(items, str):
+        text = items.strip()
+        if text.startswith("{"):
+            try:
+                items = json.loads(text)
+            except ValueError as exc:
+                raise ConfigError(f"setting parts = {value!r}: not a valid JSON object ({exc})") from None
+        else:
+            items = [text] if text else []
+    if isinstance(items, dict):
+        items = list(items.items())
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"setting parts = {value!r} ({type(value).__name__}): expected PATTERN=PROMPT pairs "
+                          "or a JSON object {\"PATTERN\": \"PROMPT\"}")
+    pairs = []
+    for item in items:
+        pair = item.partition("=")[::2] if isinstance(item, str) else item
+        if isinstance(item, str) and "=" not in item or not isinstance(pair, (list, tuple)) or len(pair) != 2 \
+                or not all(isinstance(x, str) and x.strip() for x in pair):
+            raise ConfigError(f"setting parts: {item!r} is not PATTERN=PROMPT (a material or node name glob, "
+                              "then the prompt for it), e.g. \"Seat=red leather\"")
+        pairs.append((pair[0].strip(), pair[1].strip()))
+    patterns = [pattern for pattern, _ in pairs]
+    repeated = sorted({p for p in patterns if patterns.count(p) > 1})
+    if repeated:
+        raise ConfigError(f"setting parts: pattern(s) {', '.join(map(repr, repeated))} given more than once")
+    return tuple(pairs)
 
 
 def _pair(value: Any) -> Any:
