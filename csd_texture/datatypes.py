@@ -19,7 +19,9 @@ class MeshData:
     to_source: (4, 4) float64, maps normalised positions back to the input's world space;
     up_axis: the world axis cameras treat as "up" (in normalised space), e.g. (0, 1, 0);
     base_color_image: (H, W, 3) float32 sRGB in [0, 1] from the source material, if any
-    (used by --keep-uv / --edit); part_names: names of the source nodes or parts.
+    (used by --keep-uv / --edit); part_names: names of the source nodes or parts;
+    face_parts: (F,) int32 index into part_labels, the (material name, node name) each face
+    comes from (None when unknown; per-part prompts and --region-materials/--region-nodes).
     """
 
     vertices: np.ndarray
@@ -31,6 +33,8 @@ class MeshData:
     up_axis: tuple[float, float, float] = (0.0, 1.0, 0.0)
     base_color_image: np.ndarray | None = None
     part_names: tuple[str, ...] = ()
+    face_parts: np.ndarray | None = None
+    part_labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def num_faces(self) -> int:
@@ -119,8 +123,9 @@ class PBRMaps:
 
 @dataclass(frozen=True)
 class PromptEmbeds:
-    """Text embeddings. cond: (N_views, L, D), one per view bucket (front/side/back/overhead);
-    negative: (1, L, D); null: (1, L, D) for the empty prompt."""
+    """Text embeddings. cond: (N_views, L, D), one per view bucket (front/side/back/overhead), or
+    (K, N_views, L, D) for K part prompts (guidance.regional); negative: (1, L, D); null: (1, L, D)
+    for the empty prompt."""
 
     cond: torch.Tensor
     negative: torch.Tensor

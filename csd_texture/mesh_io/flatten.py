@@ -23,8 +23,10 @@ class Part:
     faces: np.ndarray
     uv: np.ndarray | None
     image: object | None  # PIL image of the base colour texture
+    material: str = ""  # the source material's name ("" when it has none)
 
 
+NO_MATERIAL = "(no material)"  # the material name of faces without one
 _UNNAMED_NODE = re.compile(r"\d+|geometry(_\d+)?")  # glTF node index, or trimesh's default
 
 
@@ -72,11 +74,12 @@ def _world_part(mesh: trimesh.Trimesh, transform: np.ndarray, name: str) -> Part
         faces = faces[:, ::-1]
     uv, image = None, None
     visual = mesh.visual
+    material = str(getattr(getattr(visual, "material", None), "name", None) or "")
     if getattr(visual, "kind", None) == "texture" and visual.uv is not None:
         uv = np.asarray(visual.uv, dtype=np.float64)
         uv = uv if uv.shape == (len(vertices), 2) else None
         image = _base_color_source(getattr(visual, "material", None))
-    return Part(name, vertices, faces, uv, image)
+    return Part(name, vertices, faces, uv, image, material)
 
 
 def _base_color_source(material: object) -> object | None:

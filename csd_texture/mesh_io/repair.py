@@ -12,7 +12,7 @@ import numpy as np
 
 from ..datatypes import MeshData
 from ..errors import MeshValidationError
-from .flatten import Part
+from .flatten import NO_MATERIAL, Part
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,15 @@ def build_mesh_data(parts: list[Part], label: str, name: str, up: tuple[float, f
         uv, image = None, None
     centre, half = _bounds(vertices, faces, label)
     normalised = (vertices - centre) / half
-    normalised, faces, uv, groups = _merge_vertices(normalised, faces, uv, part_ids)
+    normalised, faces, uv, groups, vertex_parts = _merge_vertices(normalised, faces, uv, part_ids)
     faces = _drop_degenerate(normalised, faces, label)
     faces = _drop_duplicates(faces, label)
     if unreferenced:
         log.warning(f"{label}: removed {unreferenced} unreferenced vertices")
     faces = _fix_winding(normalised, faces, label)
-    normalised, faces, uv, groups = _compact(normalised, faces, uv, groups)
+    normalised, faces, uv, groups, vertex_parts = _compact(normalised, faces, uv, groups, vertex_parts)
+    labels = tuple(dict.fromkeys((p.material or NO_MATERIAL, p.name) for p in parts))
+    part_label = np.array([labels.index((p.material or NO_MATERIAL, p.name)) for p in parts], dtype=np.int32)
     centre_again, half_again = box(normalised)  # dropped faces may have shrunk the box
     normalised = (normalised - centre_again) / half_again
     to_source = np.eye(4)
@@ -59,6 +61,8 @@ def build_mesh_data(parts: list[Part], label: str, name: str, up: tuple[float, f
         up_axis=up,
         base_color_image=None if image is None else _image_array(image),
         part_names=tuple(p.name for p in parts),
+        face_parts=part_label[vertex_parts[faces[:, 0]]],  # welding never joins parts: one part per face
+        part_labels=labels,
     )
 
 
@@ -144,8 +148,8 @@ def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _merge_vertices(
     vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None, part_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-    """Weld coincident vertices (same position, part and UV); returns position-group ids too.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """Weld coincident vertices (same position, part and UV); returns position-group ids and part ids too.
 
     Vertices at the same position share one position (the group's first), so normals and
     later welding agree; different parts and UV seams stay separate vertices."""
@@ -160,7 +164,7 @@ def _merge_vertices(
         uv_key = np.where(np.isfinite(uv), uv, 0.0)
         key.append(np.round(uv_key / MERGE_QUANTUM).astype(np.int64))
     keep, inverse, _ = unique_rows(np.hstack(key))
-    return vertices[keep], inverse[faces], None if uv is None else uv[keep], groups[keep]
+    return vertices[keep], inverse[faces], None if uv is None else uv[keep], groups[keep], part_ids[keep]
 
 
 def _double_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -250,13 +254,13 @@ def _inward_faces(vertices: np.ndarray, faces: np.ndarray, pair: np.ndarray) -> 
 
 
 def _compact(
-    vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None, groups: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None, groups: np.ndarray, parts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
     """Remove vertices no face uses."""
     used = np.flatnonzero(_used(faces, len(vertices)))
     remap = np.full(len(vertices), -1, dtype=np.int64)
     remap[used] = np.arange(len(used))
-    return vertices[used], remap[faces], None if uv is None else uv[used], groups[used]
+    return vertices[used], remap[faces], None if uv is None else uv[used], groups[used], parts[used]
 
 
 def vertex_normals(

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..datatypes import MeshData
 from ..errors import ConfigError
+from .flatten import NO_MATERIAL
 from .gltf import GltfSource
 from .pose import posed_positions, world_matrices
 from .repair import MERGE_QUANTUM, box, unique_rows, vertex_normals
@@ -26,7 +27,6 @@ from .repair import MERGE_QUANTUM, box, unique_rows, vertex_normals
 log = logging.getLogger(__name__)
 
 Key = tuple[int, int]  # (mesh index, primitive index)
-NO_MATERIAL = "(no material)"
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,8 @@ def flatten_for_optimiser(layout: SceneUV, name: str, up: tuple[float, float, fl
     for primitive in scene.primitives:
         by_mesh.setdefault(primitive.mesh, []).append(primitive)
     positions, faces, uvs, names, offset = [], [], [], [], 0
+    labels: dict[tuple[str, str], int] = {}  # (material name, node name) -> part label
+    face_parts = []
     for node, mesh in scene.instances:
         for primitive in by_mesh.get(mesh, []):
             source_primitive = document["meshes"][mesh]["primitives"][primitive.index]
@@ -189,6 +191,8 @@ def flatten_for_optimiser(layout: SceneUV, name: str, up: tuple[float, float, fl
             faces.append(piece + offset)
             uvs.append(layout.atlas_uv(primitive.key))
             offset += len(world)
+            label = (scene.material_name(primitive.material), document["nodes"][node].get("name") or f"node_{node}")
+            face_parts.append(np.full(len(piece), labels.setdefault(label, len(labels)), np.int32))
         names.append(document["nodes"][node].get("name") or f"node_{node}")
     vertices, faces_all = np.concatenate(positions), np.concatenate(faces)
     centre, half = box(vertices)
@@ -206,4 +210,6 @@ def flatten_for_optimiser(layout: SceneUV, name: str, up: tuple[float, float, fl
         name=name,
         up_axis=up,
         part_names=tuple(dict.fromkeys(names)),
+        face_parts=np.concatenate(face_parts),
+        part_labels=tuple(labels),
     )
