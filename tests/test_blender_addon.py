@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,45 @@ def test_objects_modifiers_armature_and_animation_are_kept(textured: dict) -> No
     assert after["Rig"] == before["Rig"] and after["Rig"]["action"]
     for name in ("Cube", "Arm"):
         assert after[name]["vertices"] == before[name]["vertices"]
+
+
+def addon_run_module():
+    """The add-on's subprocess runner, loaded on its own (its package imports bpy)."""
+    import importlib.util
+
+    path = ROOT / "csd_texture" / "blender_addon" / "csd_texture_blender" / "run.py"
+    spec = importlib.util.spec_from_file_location("csd_texture_blender_run", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_runner_follows_the_cli_progress_and_cancels_it(tmp_path: Path) -> None:
+    """The add-on's runner (no Blender needed) reads the real CLI's step from its progress bar,
+    reports its one-line error, and Cancel ends the process group."""
+    run = addon_run_module()
+    cli = str(Path(sys.executable).with_name("csd-texture"))
+    mesh = ROOT / "tests" / "data" / "meshes" / "good" / "fuze.obj"
+    settings = run.Settings(prompt="a red can", preset="fast", steps=4, texture_size=64, model=str(TINY_PRIOR),
+                            device="cpu", extra_args=["--render-size", "64"])
+    done = run.Run(settings.command(cli, mesh, tmp_path / "out.glb", tmp_path / "maps"))
+    assert done.wait() == 0, done.lines
+    assert (done.step, done.total, done.progress) == (4, 4, 1.0)
+    assert (tmp_path / "out.glb").is_file() and (tmp_path / "maps" / "orm.png").is_file()
+
+    bad = run.Run(run.Settings(prompt="x", model=str(tmp_path / "none")).command(cli, mesh, tmp_path / "b.glb",
+                                                                                 tmp_path / "b"))
+    assert bad.wait() == 2 and bad.error_message().startswith("error: ") and "none" in bad.error_message()
+
+    long = run.Run(run.Settings(**{**settings.__dict__, "steps": 100000}).command(cli, mesh, tmp_path / "c.glb",
+                                                                                 tmp_path / "c"))
+    deadline = time.monotonic() + 120
+    while long.step < 1:
+        assert long.poll() is None and time.monotonic() < deadline, long.lines
+        time.sleep(0.1)
+    start = time.monotonic()
+    long.cancel()
+    assert long.poll() is not None and long.process.returncode != 0 and time.monotonic() - start < 10
+    assert not (tmp_path / "c.glb").exists()

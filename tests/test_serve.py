@@ -128,6 +128,7 @@ def test_job_end_to_end_writes_valid_outputs(served, gltf_validator, tmp_path: P
     assert job["state"] == "done", job
     assert job["progress"] == 1.0 and job["step"] == job["total"] == FAST["steps"] and job["error"] is None
     assert job["input_name"] == "x.obj"
+    assert any("fuze.obj.mtl" in w for w in job["warnings"]), job  # its material file was not uploaded
     # the client's name decided nothing: the upload is the job folder's input/mesh.obj
     assert (store.folder(job["id"]) / "input" / "mesh.obj").read_bytes() == FUZE.read_bytes()
     assert files_under(outside) - files_under(store.root) == before and not (outside / "x.obj").exists()

@@ -46,6 +46,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     has_preview: bool = False
+    warnings: list[str] = field(default_factory=list)  # what csd-texture warned about while running it
 
     def public(self) -> dict[str, Any]:
         """The record the API returns."""

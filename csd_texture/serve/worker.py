@@ -30,6 +30,20 @@ class Cancelled(Exception):
     """Raised from the step callback when the job was cancelled."""
 
 
+class JobWarnings(logging.Handler):
+    """Collects csd-texture's warnings logged by one worker thread while it runs a job, so the
+    job's record shows them (a dropped material or repaired face is never silent)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
+
+
 def worker_devices(base: Config, workers: int) -> list[str]:
     """One device per worker: cuda:0..N-1 on a CUDA machine with device auto/cuda, else the
     configured device (CPU: one worker makes sense; more share the cores)."""
@@ -87,6 +101,9 @@ class Workers:
                 self._write_preview(folder, progress.preview(PREVIEW_SIZE))
                 store.update(job_id, persist=False, has_preview=True)
 
+        warnings = JobWarnings()
+        package = logging.getLogger("csd_texture")
+        package.addHandler(warnings)
         try:
             config = self.base.updated(**job.settings).updated(prompt=job.prompt, device=self.devices[index])
             result = texture_mesh(folder / job.mesh, config=config, guidance=self.guidance[index],
@@ -106,6 +123,9 @@ class Workers:
             store.update(job_id, state="failed", error=f"unexpected failure: {type(exc).__name__}: {exc}",
                          finished=time.time())
             return
+        finally:
+            package.removeHandler(warnings)
+            store.update(job_id, warnings=warnings.messages)
         store.update(job_id, state="done", progress=1.0, eta_s=0.0, finished=time.time(), has_preview=True)
         log.info("job %s done", job_id)
 

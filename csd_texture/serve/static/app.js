@@ -96,6 +96,7 @@ function describe(job) {
 
 function follow(job) {
   $("status").textContent = `${job.input_name}: "${job.prompt}": ${describe(job)}`;
+  $("warnings").textContent = job.warnings.map((w) => `warning: ${w}`).join("\n");
   const preview = $("preview");
   if (job.state === "running" && job.has_preview) {
     preview.src = `/api/jobs/${job.id}/preview.png?t=${Date.now()}`;
