@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +271,164 @@ def test_obj_output_of_a_scene_names_what_it_drops(tmp_path, tiny_guidance, capl
         texture_mesh(ASSETS["skinned_arm"], "a red arm", out, guidance=tiny_guidance, **TINY)
     assert out.is_file()
     assert "not kept: 4 nodes, 1 skins, 1 animations" in caplog.text
+
+
+# ----------------------------------------------------------------------------- built cases
+
+
+def _build_rig(path: Path) -> Path:
+    """A pygltflib-built GLB with what Blender's assets lack: two skins, a node parented to a
+    bone, a sparse morph target, a primitive without material, an alpha-masked material with
+    a normal map on TEXCOORD_0, and KHR_texture_transform on its base colour texture."""
+    import trimesh
+
+    blob, views, accessors = bytearray(), [], []
+
+    def add(array: np.ndarray, kind: str, component: int, target: int | None = 34962, bounds: bool = False,
+            normalized: bool = False) -> int:
+        blob.extend(b"\0" * (-len(blob) % 4))
+        data = np.ascontiguousarray(array).tobytes()
+        views.append({"buffer": 0, "byteOffset": len(blob), "byteLength": len(data), **({"target": target} if target else {})})
+        blob.extend(data)
+        accessor = {"bufferView": len(views) - 1, "componentType": component, "count": len(array), "type": kind}
+        if bounds:
+            accessor |= {"min": array.min(0).tolist(), "max": array.max(0).tolist()}
+        if normalized:
+            accessor["normalized"] = True
+        accessors.append(accessor)
+        return len(accessors) - 1
+
+    def box_primitive(offset: float, two_joints: bool, material: int | None) -> dict:
+        box = trimesh.creation.box(extents=(0.4, 1.0, 0.4))
+        box = box.subdivide()
+        v = (box.vertices + [offset, 0.5, 0.0]).astype(np.float32)
+        uv = np.stack([(v[:, 0] - v[:, 0].min()) / np.ptp(v[:, 0]), v[:, 1]], 1).astype(np.float32)
+        w = np.zeros((len(v), 4), np.uint8)  # normalized UNSIGNED_BYTE weights summing to 255
+        w[:, 1] = np.round((0.1 + 0.8 * v[:, 1]) * 255) if two_joints else 0
+        w[:, 0] = 255 - w[:, 1]
+        joints = np.array([0, 1 if two_joints else 0, 0, 0])
+        primitive = {"attributes": {
+            "POSITION": add(v, "VEC3", 5126, bounds=True),
+            "NORMAL": add(np.asarray(box.vertex_normals, np.float32), "VEC3", 5126),
+            "TANGENT": add(np.tile(np.float32([1, 0, 0, 1]), (len(v), 1)), "VEC4", 5126),
+            "TEXCOORD_0": add(uv, "VEC2", 5126),
+            "JOINTS_0": add(np.repeat(joints[None], len(v), 0).astype(np.uint8), "VEC4", 5121),
+            "WEIGHTS_0": add(w, "VEC4", 5121, normalized=True)},
+            "indices": add(box.faces.astype(np.uint16).reshape(-1), "SCALAR", 5123, target=34963)}
+        if material is not None:
+            primitive["material"] = material
+        return primitive
+
+    hat = trimesh.creation.icosphere(subdivisions=1, radius=0.15)
+    hat_v = hat.vertices.astype(np.float32)
+    hat_primitive = {"attributes": {"POSITION": add(hat_v, "VEC3", 5126, bounds=True)},
+                     "indices": add(hat.faces.astype(np.uint16).reshape(-1), "SCALAR", 5123, target=34963)}
+    moved = np.arange(0, len(hat_v), 3, dtype=np.uint16)  # a sparse morph target: a third of the vertices move up
+    deltas = np.tile(np.float32([0.0, 0.1, 0.0]), (len(moved), 1))
+    add(moved, "SCALAR", 5123, target=None)
+    add(deltas, "VEC3", 5126, target=None)
+    del accessors[-2:]  # only their buffer views are used, by the sparse accessor
+    accessors.append({"componentType": 5126, "count": len(hat_v), "type": "VEC3", "min": [0, 0, 0], "max": [0, 0.1, 0],
+                      "sparse": {"count": len(moved), "indices": {"bufferView": len(views) - 2, "componentType": 5123},
+                                 "values": {"bufferView": len(views) - 1}}})
+    hat_primitive["targets"] = [{"POSITION": len(accessors) - 1}]
+    body_a = box_primitive(-0.5, True, 0)
+    body_b = box_primitive(0.5, False, 1)
+    inverse_bind = np.stack([np.eye(4), np.linalg.inv(trimesh.transformations.translation_matrix([0, 0.5, 0])),
+                             np.eye(4)]).transpose(0, 2, 1).reshape(-1, 16).astype(np.float32)
+    ibm_a = add(inverse_bind[:2], "MAT4", 5126, target=None)
+    ibm_b = add(inverse_bind[2:], "MAT4", 5126, target=None)
+    times = add(np.float32([[0.0], [0.5], [1.0]]), "SCALAR", 5126, target=None, bounds=True)
+    turn = np.float32([[0, 0, 0, 1], [0, 0, np.sin(0.4), np.cos(0.4)], [0, 0, 0, 1]])
+    rotations = add(turn, "VEC4", 5126, target=None)
+    weights = add(np.float32([[0.0], [1.0], [0.0]]), "SCALAR", 5126, target=None)
+    png = (DATA / "good" / "fuze uv.jpg").read_bytes()
+    blob.extend(b"\0" * (-len(blob) % 4))
+    views.append({"buffer": 0, "byteOffset": len(blob), "byteLength": len(png)})
+    blob.extend(png)
+    document = {
+        "asset": {"version": "2.0", "generator": "test_scenes", "extras": {"author": "tests"}},
+        "extensionsUsed": ["KHR_texture_transform", "KHR_materials_emissive_strength"],
+        "scene": 0, "scenes": [{"nodes": [0, 3, 5, 6]}],
+        "nodes": [{"name": "Root", "children": [1]}, {"name": "Upper", "children": [2]},
+                  {"name": "Lower", "translation": [0, 0.5, 0], "children": [4]},
+                  {"name": "BodyA", "mesh": 0, "skin": 0},
+                  {"name": "Hat", "mesh": 2, "translation": [0, 0.6, 0], "extras": {"kind": "prop"}},
+                  {"name": "Tail", "translation": [0.5, 0, 0]},
+                  {"name": "BodyB", "mesh": 1, "skin": 1}],
+        "skins": [{"name": "Arm", "joints": [1, 2], "inverseBindMatrices": ibm_a},
+                  {"name": "TailSkin", "joints": [5], "inverseBindMatrices": ibm_b}],
+        "meshes": [{"name": "BodyA", "primitives": [body_a]}, {"name": "BodyB", "primitives": [body_b]},
+                   {"name": "Hat", "primitives": [hat_primitive], "weights": [0.0]}],
+        "materials": [
+            {"name": "Masked", "alphaMode": "MASK", "alphaCutoff": 0.3, "doubleSided": True,
+             "normalTexture": {"index": 0, "scale": 0.5},
+             "emissiveFactor": [0.1, 0.2, 0.3], "extensions": {"KHR_materials_emissive_strength": {"emissiveStrength": 2}},
+             "pbrMetallicRoughness": {"baseColorFactor": [1, 1, 1, 0.8], "baseColorTexture": {
+                 "index": 0, "extensions": {"KHR_texture_transform": {"scale": [2, 2]}}}}},
+            {"name": "Plain", "pbrMetallicRoughness": {"metallicFactor": 0.2}}],
+        "textures": [{"source": 0}], "images": [{"bufferView": len(views) - 1, "mimeType": "image/jpeg"}],
+        "animations": [{"name": "Wave", "channels": [{"sampler": 0, "target": {"node": 2, "path": "rotation"}},
+                                                     {"sampler": 1, "target": {"node": 4, "path": "weights"}}],
+                        "samplers": [{"input": times, "output": rotations}, {"input": times, "output": weights}]}],
+        "accessors": accessors, "bufferViews": views, "buffers": [{"byteLength": len(blob)}],
+    }
+    gltf = pygltflib.GLTF2().from_dict(document)
+    gltf.accessors[hat_primitive["targets"][0]["POSITION"]].byteOffset = None  # no bufferView: all zeros + sparse
+    gltf.set_binary_blob(bytes(blob))
+    gltf.save_binary(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def built_rig(tmp_path_factory, tiny_guidance):
+    """(input, output, log text) of the built rig, textured once."""
+    source = _build_rig(tmp_path_factory.mktemp("rig") / "rig.glb")
+    out = source.with_name("rig_out.glb")
+    handler = logging.handlers.BufferingHandler(1000)
+    logging.getLogger("csd_texture").addHandler(handler)
+    try:
+        texture_mesh(source, "a red robot", out, guidance=tiny_guidance, **TINY)
+    finally:
+        logging.getLogger("csd_texture").removeHandler(handler)
+    return source, out, "\n".join(record.getMessage() for record in handler.buffer)
+
+
+def test_built_rig_keeps_two_skins_bone_child_sparse_morph_and_materials(built_rig):
+    source, out, messages = built_rig
+    before, after = _json(source), _json(out)
+    structure_before, structure_after = _structure(before), _structure(after)
+    assert structure_after["meshes"][2]["primitives"][0][0] == len(before["materials"])  # Hat had none: gets one
+    structure_after["meshes"][2]["primitives"][0] = (None, *structure_after["meshes"][2]["primitives"][0][1:])
+    assert structure_after == structure_before
+    assert after["materials"][2]["name"] == "csd_texture"
+    masked = after["materials"][0]
+    assert (masked["alphaMode"], masked["alphaCutoff"], masked["emissiveFactor"]) == ("MASK", 0.3, [0.1, 0.2, 0.3])
+    assert masked["extensions"] == before["materials"][0]["extensions"]
+    assert masked["pbrMetallicRoughness"]["baseColorFactor"][3] == pytest.approx(0.8)
+    # the normal map still reads the old UVs, now TEXCOORD_1; the new maps use TEXCOORD_0 without the transform
+    assert masked["normalTexture"]["texCoord"] == 1 and masked["normalTexture"]["scale"] == 0.5
+    assert "extensions" not in masked["pbrMetallicRoughness"]["baseColorTexture"]
+    assert "KHR_texture_transform" in messages and "dropped" in messages
+    src, dst = GltfSource.read(source), GltfSource.read(out)
+    old_primitive, new_primitive = before["meshes"][0]["primitives"][0], after["meshes"][0]["primitives"][0]
+    old_uv = src.accessor(old_primitive["attributes"]["TEXCOORD_0"])
+    new_uv = dst.accessor(new_primitive["attributes"]["TEXCOORD_1"])
+    assert {tuple(r) for r in new_uv.tolist()} == {tuple(r) for r in old_uv.tolist()}
+    weights = dst.document["accessors"][new_primitive["attributes"]["WEIGHTS_0"]]
+    assert (weights["componentType"], weights.get("normalized")) == (5121, True)
+    assert after["asset"]["extras"]["author"] == "tests" and after["asset"]["extras"]["prompt"] == "a red robot"
+
+
+def test_built_rig_poses_and_validator(built_rig):
+    source, out, _ = built_rig
+    for t in (0.0, 0.5, 0.8):
+        before, after = _posed_corners(source, t), _posed_corners(out, t)
+        for key in before:
+            np.testing.assert_allclose(after[key], before[key], atol=1e-5, err_msg=f"{key} at t={t}")
+    hat = _posed_corners(source, 0.5)[(4, 2, 0)] - _posed_corners(source, 0.0)[(4, 2, 0)]
+    assert np.abs(hat).max() > 0.05  # the bone turned and the sparse target moved the hat
+    require_validator()
+    reports = validate_gltf(source, out)
+    assert reports[0]["issues"]["numErrors"] == reports[0]["issues"]["numWarnings"] == 0, reports[0]["issues"]
+    assert reports[1]["issues"]["numErrors"] == reports[1]["issues"]["numWarnings"] == 0, reports[1]["issues"]
