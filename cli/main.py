@@ -131,6 +131,16 @@ def settings_options(func: Callable) -> Callable:
                      "negative prompt)."),
         click.option("--edit-strength", type=click.FloatRange(0.0, 1.0),
                      help="With --edit: 0 stays close to the original, 1 changes freely [default: 0.5]."),
+        click.option("--part", "parts", multiple=True, metavar="PATTERN=PROMPT",
+                     help="Paint the faces whose material or node name matches the glob PATTERN with PROMPT "
+                          "(the main prompt paints the rest; the first matching --part wins); repeatable."),
+        click.option("--region", metavar="MASK.png",
+                     help="With --edit: repaint only where this UV-space greyscale mask (the source texture's "
+                          "size) is white; texels where it is black stay exactly as they are."),
+        click.option("--region-materials", metavar="NAME,...",
+                     help="With --edit: repaint only the faces of these materials (globs)."),
+        click.option("--region-nodes", metavar="NAME,...",
+                     help="With --edit: repaint only the faces of these nodes (globs)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -172,6 +182,10 @@ def build_config(config_file: Path | None, preset_name: str, options: dict[str, 
         "materials": _patterns(options.get("material_patterns")),
         "skip_materials": _patterns(options.get("skip_materials")),
         "map_bits": int(options["map_bits"]) if options.get("map_bits") else None,
+        "parts": tuple(options["parts"]) if options.get("parts") else None,
+        "region": options.get("region"),
+        "region_materials": _patterns(options.get("region_materials")),
+        "region_nodes": _patterns(options.get("region_nodes")),
     }
     if options.get("negative_weight"):
         changes["negative_weight"] = Schedule.parse(options["negative_weight"])

@@ -19,10 +19,12 @@ from .devices import resolve_device
 from .errors import ConfigError, ExportError, MeshValidationError
 from .export import SUPPORTED_SUFFIXES, check_not_overwriting, export_textured_mesh, scene_record
 from .guidance.csd import CSDGuidance
+from .guidance.regional import assign_parts, encode_part_prompts
 from .mesh_io import load_mesh
 from .mesh_io.scene import SceneUV, flatten_for_optimiser, load_scene
 from .optimize import CSDObjective, Objective, optimize
 from .render import get_rasterizer
+from .regions import RegionTexture, composite_region, edit_region
 from .render.views import Surface
 from .texture import MaterialRange, make_texture
 from .render.shading import srgb_to_linear
@@ -87,12 +89,17 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
         _check_editable(data)
     with _timed(timings, "unwrap"):
         data, scene = _with_uvs(mesh, data, config)
+    parts = assign_parts(data, config.prompt, config.parts)  # unknown part names fail here, before the model
+    region = edit_region(config, data, config.pad_texels) if config.edit else None
+    if region is not None and config.texture_size != len(region.weight):
+        log.info(f"{data.name}: repainting a region bakes at the source texture's size, {len(region.weight)}")
+        config = config.updated(texture_size=len(region.weight))  # so kept texels stay one for one
     atlas_size = config.texture_size * (scene.grid if scene is not None else 1)  # a tile per material map
     if objective is None:
         with _timed(timings, "model_load"):
             guidance = guidance or load_guidance(config, device)
-            embeds = guidance.encode_prompts(config.prompt, config.negative_prompt, config.view_prompts != "off")
-            objective = CSDObjective(guidance, embeds, config)
+            embeds = encode_part_prompts(guidance, parts.prompts, config.negative_prompt, config.view_prompts != "off")
+            objective = CSDObjective(guidance, embeds, config, torch.from_numpy(parts.face_prompt))
     torch.manual_seed(config.seed)
     rasterizer = get_rasterizer(config.renderer, device)
     surface = Surface.from_mesh(data, device)
@@ -100,6 +107,8 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
     texture = make_texture(config.texture, atlas_size, config.seed, material).to(device)
     if config.edit:
         texture.initialise_albedo(srgb_to_linear(torch.from_numpy(data.base_color_image)).to(device))
+    if region is not None:
+        texture = RegionTexture(texture, region.weight)  # paints the region only
 
     def preview(size: int) -> PBRMaps:
         with torch.no_grad():
@@ -114,6 +123,8 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
         history = optimize(texture, surface, rasterizer, objective, config, data.up_axis, step_done)
     with _timed(timings, "bake"), torch.no_grad():
         maps = bake_maps(data, texture, atlas_size, rasterizer, config.pad_texels)
+        if region is not None:
+            maps = composite_region(maps, data.base_color_image, region)  # the source's texels outside, exactly
     result = TextureResult(mesh=data, maps=maps, config=config, history=history, timings=timings, scene=scene)
     result.metadata = run_record(requested, timings, device, rasterizer.name)
     if isinstance(objective, CSDObjective) and objective.guidance.info is not None:
@@ -123,6 +134,11 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
         result.metadata["effective_settings"] = config.to_dict()
     if isinstance(mesh, (str, Path)):
         result.metadata["input"] = str(mesh)
+    if config.parts:
+        result.metadata["part_prompts"] = [{"prompt": p, "faces": int((parts.face_prompt == k).sum())}
+                                           for k, p in enumerate(parts.prompts)]
+    if region is not None:
+        result.metadata["region"] = region.record
     if scene is not None:
         result.metadata["asset"] = scene_record(scene)  # what the output keeps and what it re-makes
     if output is not None:

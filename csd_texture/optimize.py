@@ -19,6 +19,7 @@ from .datatypes import CameraBatch, Lighting, PromptEmbeds, StepRecord
 from .errors import OptimizationError
 from .guidance.controlnet import control_images
 from .guidance.csd import CSDGuidance
+from .guidance.regional import pixel_parts
 from .lighting import Environments, EnvironmentLighting, bundled_environments, random_environment_lighting, random_lighting
 from .render.base import Rasterizer
 from .render.views import RenderOutput, Surface, render_views
@@ -50,10 +51,13 @@ class Objective(Protocol):
 
 
 class CSDObjective:
-    """Classifier Score Distillation towards the prompt (the default objective)."""
+    """Classifier Score Distillation towards the prompt (the default objective). With part prompts,
+    `embeds.cond` is (K, N_views, L, D) and `face_prompt` (F,) says which of the K paints each face."""
 
-    def __init__(self, guidance: CSDGuidance, embeds: PromptEmbeds, config: Config) -> None:
+    def __init__(self, guidance: CSDGuidance, embeds: PromptEmbeds, config: Config,
+                 face_prompt: torch.Tensor | None = None) -> None:
         self.guidance, self.embeds, self.config = guidance, embeds, config
+        self.face_prompt = None if face_prompt is None else face_prompt.to(guidance.device, torch.long)
         self.use_negative = bool(config.negative_prompt.strip())
         self.noise_generator = torch.Generator(guidance.device).manual_seed(config.seed)
 
@@ -64,8 +68,10 @@ class CSDObjective:
         geometry = views.rendered
         control_image = (control_images(control.kind, geometry.depth, geometry.normal, geometry.mask)
                          if control is not None else None)
+        parts = (pixel_parts(geometry.triangle_id.to(self.face_prompt.device), self.face_prompt)
+                 if self.face_prompt is not None and self.embeds.cond.ndim == 4 else None)
         out = self.guidance(images, view_index, self.embeds, self.config, progress, generator, self.use_negative,
-                            self.noise_generator, control_image)
+                            self.noise_generator, control_image, parts)
         return ObjectiveOutput(out.loss, out.timestep, out.negative_weight)
 
 

@@ -30,6 +30,7 @@ from .families import ModelInfo, load_model
 from .lora import LoraSpec, apply_loras
 from ..cameras import VIEW_BUCKETS
 from .prompts import view_prompts
+from .regional import compose_scores, latent_masks
 
 log = logging.getLogger(__name__)
 
@@ -178,42 +179,59 @@ class CSDGuidance:
         return list(out.split(noisy.shape[0]))
 
     def csd_gradient(self, noisy: torch.Tensor, timestep: int, cond: torch.Tensor, negative: torch.Tensor | None,
-                     null: torch.Tensor, weights: GuidanceWeights, control: torch.Tensor | None = None) -> torch.Tensor:
-        """w(t) * (s_cond eps_c + s_neg eps_n + s_null eps_0); the negative term is skipped when absent."""
+                     null: torch.Tensor, weights: GuidanceWeights, control: torch.Tensor | None = None,
+                     masks: torch.Tensor | None = None) -> torch.Tensor:
+        """w(t) * (s_cond eps_c + s_neg eps_n + s_null eps_0); the negative term is skipped when absent.
+        `cond` (B, L, D), or (K, B, L, D) for K part prompts whose eps_c are composed by `masks`
+        (B, K, h, w) (guidance.regional); all in one batched UNet call."""
         batch = noisy.shape[0]
-        embeds = [cond, null.expand(batch, -1, -1)]
+        conds = list(cond) if masks is not None else [cond]
+        embeds = [*conds, null.expand(batch, -1, -1)]
         if negative is not None:
             embeds.append(negative.expand(batch, -1, -1))
         eps = self.predict_noise(noisy, timestep, embeds, control)
-        grad = weights.cond * eps[0] + weights.null * eps[1]
+        eps_cond = compose_scores(eps[:len(conds)], masks) if masks is not None else eps[0]
+        grad = weights.cond * eps_cond + weights.null * eps[len(conds)]
         if negative is not None:
-            grad = grad + weights.negative * eps[2]
+            grad = grad + weights.negative * eps[len(conds) + 1]
         return self.weight(timestep) * grad
 
     def sds_gradient(self, noisy: torch.Tensor, noise: torch.Tensor, timestep: int, cond: torch.Tensor,
-                     null: torch.Tensor, scale: float, control: torch.Tensor | None = None) -> torch.Tensor:
-        """w(t) * (eps_0 + scale (eps_c - eps_0) - noise), classic SDS with classifier-free guidance."""
-        eps_cond, eps_null = self.predict_noise(noisy, timestep, [cond, null.expand(noisy.shape[0], -1, -1)], control)
-        return self.weight(timestep) * (eps_null + scale * (eps_cond - eps_null) - noise)
+                     null: torch.Tensor, scale: float, control: torch.Tensor | None = None,
+                     masks: torch.Tensor | None = None) -> torch.Tensor:
+        """w(t) * (eps_0 + scale (eps_c - eps_0) - noise), classic SDS with classifier-free guidance;
+        part prompts (`cond` (K, B, L, D)) are composed by `masks` as in csd_gradient."""
+        conds = list(cond) if masks is not None else [cond]
+        eps = self.predict_noise(noisy, timestep, [*conds, null.expand(noisy.shape[0], -1, -1)], control)
+        eps_cond = compose_scores(eps[:-1], masks) if masks is not None else eps[0]
+        return self.weight(timestep) * (eps[-1] + scale * (eps_cond - eps[-1]) - noise)
 
     def __call__(self, images: torch.Tensor, view_index: torch.Tensor, embeds: PromptEmbeds, config: Config,
                  progress: float, generator: torch.Generator, use_negative: bool,
-                 noise_generator: torch.Generator | None = None, control: torch.Tensor | None = None) -> GuidanceOutput:
+                 noise_generator: torch.Generator | None = None, control: torch.Tensor | None = None,
+                 parts: torch.Tensor | None = None) -> GuidanceOutput:
         """The guidance loss for rendered (B, H, W, 3) sRGB images whose views are `view_index` (B,).
         Timesteps come from the CPU `generator`; noise from `noise_generator` on the model's device.
-        `control`: (B, 3, H, W) depth/normal images of the same views for the ControlNet, if any."""
+        `control`: (B, 3, H, W) depth/normal images of the same views for the ControlNet, if any.
+        `parts`: (B, H, W) index of each pixel's part prompt (-1 on the background), needed when
+        `embeds.cond` holds K part prompts (K, N_views, L, D)."""
         latents = self.encode_images(images)
         timestep = self.sample_timesteps(progress, config, generator, latents.shape[0])
         noise = torch.randn(latents.shape, generator=noise_generator, device=self.device)
         noisy = self.scheduler.add_noise(latents.detach(), noise, timestep)
-        cond = embeds.cond[view_index.to(self.device)]
+        cond = embeds.cond[..., view_index.to(self.device), :, :]  # (B, L, D), or (K, B, L, D) for part prompts
+        masks = None
+        if cond.ndim == 4:
+            if parts is None:
+                raise ValueError("part prompts need the part index of every pixel (parts)")
+            masks = latent_masks(parts.to(self.device), cond.shape[0], tuple(latents.shape[-2:]))
         negative_weight = config.negative_weight.at(progress) if use_negative else 0.0
         if config.guidance == "sds":
-            grad = self.sds_gradient(noisy, noise, timestep, cond, embeds.null, config.guidance_scale, control)
+            grad = self.sds_gradient(noisy, noise, timestep, cond, embeds.null, config.guidance_scale, control, masks)
         else:
             weights = GuidanceWeights.csd(config.guidance_scale, negative_weight)
             grad = self.csd_gradient(noisy, timestep, cond, embeds.negative if use_negative else None,
-                                     embeds.null, weights, control)
+                                     embeds.null, weights, control, masks)
         target = (latents - grad).detach()
         loss = 0.5 * ((latents - target) ** 2).sum() / latents.shape[0]
         return GuidanceOutput(loss=loss, timestep=int(timestep.float().mean().round()), negative_weight=negative_weight)
