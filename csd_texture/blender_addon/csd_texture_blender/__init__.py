@@ -91,6 +91,9 @@ class CSDTEXTURE_OT_texture_selected(bpy.types.Operator):
         self.objects = [o for o in context.selected_objects if o.type == "MESH"]
         settings = _settings(context)
         executable = bpy.path.abspath(context.preferences.addons[__package__].preferences.executable)
+        if context.mode != "OBJECT":
+            self.report({"ERROR"}, "csd-texture: switch to Object Mode first (edits in Edit Mode are not saved yet)")
+            return {"CANCELLED"}
         if not settings.prompt.strip():
             self.report({"ERROR"}, "csd-texture: enter a prompt first")
             return {"CANCELLED"}

@@ -122,8 +122,13 @@ def apply_result(objects: list, uvs: dict[str, np.ndarray], maps: Path) -> list[
     images = load_images(maps)
     chosen = {obj.name for obj in objects}
     warnings, materials = [], {}
+    meshes: dict[str, str] = {}
     for obj in objects:
         mesh = obj.data
+        if mesh.name in meshes:
+            warnings.append(f"{obj.name} shares its mesh with {meshes[mesh.name]}: one UV map for both, "
+                            f"which follows {obj.name}")
+        meshes[mesh.name] = obj.name
         layer = mesh.uv_layers.get(UV_NAME) or mesh.uv_layers.new(name=UV_NAME)
         layer.data.foreach_set("uv", uvs[obj.name].astype(np.float32).reshape(-1))
         mesh.uv_layers.active = layer
