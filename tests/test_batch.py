@@ -90,8 +90,11 @@ def test_cli_folder_mirrors_tree_records_bad_asset_and_resumes(tiny_model_dir: s
 
     shutil.rmtree(lib / "broken")
     before = snapshot(out)
-    proc = csd_texture("batch", lib, "-o", out, "--prompt", "a red toy", "--model", tiny_model_dir, *FAST)
-    assert proc.returncode == 0, proc.stderr
+    from csd_texture_cli.main import main
+
+    again = CliRunner().invoke(main, ["batch", str(lib), "-o", str(out), "--prompt", "a red toy",  # in-process
+                                      "--model", tiny_model_dir, *FAST])
+    assert again.exit_code == 0, again.output
     assert set(statuses(out).values()) == {"skipped"}
     assert snapshot(out) == before
 
@@ -278,6 +281,7 @@ def test_unloadable_model_fails_the_whole_run(tmp_path: Path) -> None:
     assert report["counts"]["pending"] == 3
 
 
+@pytest.mark.slow
 def test_two_worker_processes(tiny_model_dir: str, tmp_path: Path) -> None:
     lib, out = make_library(tmp_path / "lib", bad=True), tmp_path / "out"
     results = list(texture_folder(lib, out, "a toy", model=tiny_model_dir, workers=2, progress=False, **SIZES))
@@ -286,6 +290,7 @@ def test_two_worker_processes(tiny_model_dir: str, tmp_path: Path) -> None:
     assert_valid_glb(out / "props" / "monkey.glb")
 
 
+@pytest.mark.slow
 def test_ray_batch_with_a_bad_file(tiny_model_dir: str, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     lib, out = make_library(tmp_path / "lib", bad=True), tmp_path / "out"
