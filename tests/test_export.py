@@ -406,6 +406,39 @@ def test_obj_companions_have_no_spaces(tmp_path, mesh, maps, metadata):
     np.testing.assert_array_equal(np.array(loaded.visual.material.image), _expected_basecolor(maps))
 
 
+def _two_parts(mesh: MeshData) -> MeshData:
+    """The ball as two source parts: the upper half 'lid' in material 'brass', the rest 'body' in 'clay'."""
+    upper = mesh.vertices[mesh.faces].mean(axis=1)[:, 1] > 0.3
+    return dataclasses.replace(mesh, face_parts=upper.astype(np.int32), part_labels=(("clay", "body"), ("brass", "lid")))
+
+
+def test_obj_keeps_groups_and_material_names(tmp_path, mesh, maps, metadata):
+    """OBJ output: a `g` group and `usemtl` per source part, one MTL material per name on the same maps."""
+    parts = _two_parts(mesh)
+    out = export_textured_mesh(parts, maps, tmp_path / "out.obj", metadata)
+    lines = out.read_text().splitlines()
+    assert [line for line in lines if line.startswith(("g ", "usemtl "))] == ["g body", "usemtl clay", "g lid", "usemtl brass"]
+    mtl = (tmp_path / "out.mtl").read_text()
+    assert mtl.count("newmtl ") == 2 and "newmtl clay" in mtl and "newmtl brass" in mtl
+    loaded = trimesh.load_scene(out, split_groups=True, process=False)
+    faces = {name.split("_")[0]: len(geometry.faces) for name, geometry in loaded.geometry.items()}
+    assert faces == {"body": int((parts.face_parts == 0).sum()), "lid": int((parts.face_parts == 1).sum())}
+
+
+@pytest.mark.parametrize("suffix", [".glb", ".gltf"])
+def test_gltf_has_one_primitive_per_source_material(tmp_path, mesh, maps, metadata, suffix, gltf_validator):
+    parts = _two_parts(mesh)
+    out = export_textured_mesh(parts, maps, tmp_path / f"out{suffix}", metadata)
+    gltf = pygltflib.GLTF2().load(str(out))
+    assert [m.name for m in gltf.materials] == ["clay", "brass"]
+    (gltf_mesh,) = gltf.meshes
+    assert [p.material for p in gltf_mesh.primitives] == [0, 1]
+    assert len({p.attributes.POSITION for p in gltf_mesh.primitives}) == 1  # the vertices are shared
+    counts = [gltf.accessors[p.indices].count // 3 for p in gltf_mesh.primitives]
+    assert counts == [int((parts.face_parts == 0).sum()), int((parts.face_parts == 1).sum())]
+    gltf_validator(out)
+
+
 # ----------------------------------------------------------------------------- metadata
 
 

@@ -859,3 +859,16 @@ def test_box_is_exact_after_dropping_faces(tmp_path):
     data = load_mesh(path)
     _assert_normalised(data)
     _assert_placement(data, np.asarray(box.vertices))
+
+
+def test_obj_groups_and_materials_become_parts(tmp_path):
+    """`g` groups and `usemtl` names are kept as (material, group) part labels for every face."""
+    (tmp_path / "two.mtl").write_text("newmtl wood\nKd 0.5 0.3 0.1\nnewmtl cloth\nKd 0.8 0.1 0.1\n")
+    (tmp_path / "two.obj").write_text(
+        "mtllib two.mtl\nv 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nv 0 0 1\nv 1 0 1\n"
+        "g seat\nusemtl wood\nf 1 2 3\nf 1 3 4\ng cushion\nusemtl cloth\nf 1 2 6\nf 1 6 5\n")
+    data = load_mesh(tmp_path / "two.obj")
+    labels = [data.part_labels[i] for i in data.face_parts]
+    assert sorted(labels) == [("cloth", "cushion")] * 2 + [("wood", "seat")] * 2
+    assert set(data.part_names) == {"seat", "cushion"}
+

@@ -432,3 +432,26 @@ def test_built_rig_poses_and_validator(built_rig):
     reports = validate_gltf(source, out)
     assert reports[0]["issues"]["numErrors"] == reports[0]["issues"]["numWarnings"] == 0, reports[0]["issues"]
     assert reports[1]["issues"]["numErrors"] == reports[1]["issues"]["numWarnings"] == 0, reports[1]["issues"]
+
+
+# ----------------------------------------------------------------------------- OBJ parts
+
+
+def test_obj_groups_and_materials_survive_obj_and_gltf_outputs(tmp_path, tiny_guidance):
+    import trimesh
+
+    box = trimesh.creation.box()
+    lines = ["mtllib parts.mtl"] + [f"v {x:g} {y:g} {z:g}" for x, y, z in box.vertices]
+    for group, material, faces in (("lid", "brass", box.faces[:4]), ("body", "clay", box.faces[4:])):
+        lines += [f"g {group}", f"usemtl {material}"] + [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in faces]
+    (tmp_path / "parts.obj").write_text("\n".join(lines) + "\n")
+    (tmp_path / "parts.mtl").write_text("newmtl brass\nKd 1 1 0\nnewmtl clay\nKd 1 0 0\n")
+    texture_mesh(tmp_path / "parts.obj", "a red box", tmp_path / "out.obj", guidance=tiny_guidance, **TINY)
+    written = (tmp_path / "out.obj").read_text().splitlines()
+    assert sorted(line for line in written if line.startswith(("g ", "usemtl "))) == [
+        "g body", "g lid", "usemtl brass", "usemtl clay"]
+    assert (tmp_path / "out.mtl").read_text().count("newmtl ") == 2
+    texture_mesh(tmp_path / "parts.obj", "a red box", tmp_path / "out.glb", guidance=tiny_guidance, **TINY)
+    gltf = _json(tmp_path / "out.glb")
+    assert sorted(m["name"] for m in gltf["materials"]) == ["brass", "clay"]
+    assert len(gltf["meshes"][0]["primitives"]) == 2

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..datatypes import MeshData
 from ..errors import ExportError
+from ..mesh_io.flatten import NO_MATERIAL
 
 logger = logging.getLogger(__name__)
 
@@ -60,3 +61,18 @@ def world_geometry(mesh: MeshData) -> Geometry:
         uv=np.asarray(mesh.uv, np.float32),
         faces=np.ascontiguousarray(faces, dtype=np.uint32),
     )
+
+
+def face_groups(mesh: MeshData) -> list[tuple[str, str, np.ndarray]]:
+    """(material name, group name, face indices) per source part, in the source's order
+    (`part_labels`); one group (the mesh's own names) when the mesh does not know its parts. Faces
+    without a source material get `<mesh>_material`."""
+    default = f"{mesh.name}_material"
+    if mesh.face_parts is None or not mesh.part_labels:
+        return [(default, mesh.name, np.arange(mesh.num_faces))]
+    parts = np.asarray(mesh.face_parts)
+    groups = []
+    for label in np.unique(parts).tolist():
+        material, node = mesh.part_labels[label]
+        groups.append((default if material == NO_MATERIAL else material, node, np.flatnonzero(parts == label)))
+    return groups

@@ -13,7 +13,7 @@ import pygltflib
 
 from ..datatypes import MeshData
 from .files import companion_names
-from .geometry import Geometry
+from .geometry import Geometry, face_groups
 from .metadata import GENERATOR, json_bytes
 
 _GLB_MAGIC, _GLB_JSON, _GLB_BIN = 0x46546C67, 0x4E4F534A, 0x004E4942
@@ -39,12 +39,11 @@ class _BinaryBuffer:
         return bytes(self.data + b"\0" * (-len(self.data) % 4))
 
 
-def _accessors(geometry: Geometry, buffer: _BinaryBuffer) -> list[pygltflib.Accessor]:
-    """POSITION (with min/max), NORMAL, TEXCOORD_0 (u, 1 - v) and indices, in that order."""
+def _accessors(geometry: Geometry, buffer: _BinaryBuffer, groups: list[np.ndarray]) -> list[pygltflib.Accessor]:
+    """POSITION (with min/max), NORMAL, TEXCOORD_0 (u, 1 - v), then the indices of each group of faces."""
     texcoord = np.stack([geometry.uv[:, 0], 1.0 - geometry.uv[:, 1]], axis=1).astype(np.float32)
     vertex_count = len(geometry.world)
     small = vertex_count <= 0xFFFF  # 65535 is the primitive-restart value
-    indices = geometry.faces.astype(np.uint16 if small else np.uint32).reshape(-1)
     accessors = []
     for array, kind, bounds in (
         (geometry.offsets(), pygltflib.VEC3, True),
@@ -57,11 +56,13 @@ def _accessors(geometry: Geometry, buffer: _BinaryBuffer) -> list[pygltflib.Acce
             min=[float(x) for x in array.min(axis=0)] if bounds else None,
             max=[float(x) for x in array.max(axis=0)] if bounds else None,
         ))
-    view = buffer.add(indices.astype("<u2" if small else "<u4").tobytes(), pygltflib.ELEMENT_ARRAY_BUFFER)
-    accessors.append(pygltflib.Accessor(
-        bufferView=view, componentType=pygltflib.UNSIGNED_SHORT if small else pygltflib.UNSIGNED_INT,
-        count=int(indices.size), type=pygltflib.SCALAR,
-    ))
+    for faces in groups:
+        indices = geometry.faces[faces].reshape(-1)
+        view = buffer.add(indices.astype("<u2" if small else "<u4").tobytes(), pygltflib.ELEMENT_ARRAY_BUFFER)
+        accessors.append(pygltflib.Accessor(
+            bufferView=view, componentType=pygltflib.UNSIGNED_SHORT if small else pygltflib.UNSIGNED_INT,
+            count=int(indices.size), type=pygltflib.SCALAR,
+        ))
     return accessors
 
 
@@ -89,7 +90,10 @@ def _gltf_document(
     (image -> file name) and `bin_name` the images and buffer are external (.gltf);
     without, they live in the buffer (.glb)."""
     buffer = _BinaryBuffer()
-    accessors = _accessors(geometry, buffer)
+    parts = face_groups(mesh)
+    materials = list(dict.fromkeys(material for material, _, _ in parts))
+    by_material = [np.concatenate([f for m, _, f in parts if m == material]) for material in materials]
+    accessors = _accessors(geometry, buffer, by_material)
     images = []
     for key, label in (("basecolor", "basecolor"), ("orm", "metallicRoughness")):
         if names is None:
@@ -105,9 +109,9 @@ def _gltf_document(
         nodes=[pygltflib.Node(name=mesh.name, mesh=0, translation=[float(c) for c in geometry.centre])],
         meshes=[pygltflib.Mesh(name=mesh.name, extras=mesh_extras, primitives=[pygltflib.Primitive(
             attributes=pygltflib.Attributes(POSITION=0, NORMAL=1, TEXCOORD_0=2),
-            indices=3, material=0, mode=pygltflib.TRIANGLES,
-        )])],
-        materials=[_material(f"{mesh.name}_material")],
+            indices=3 + k, material=k, mode=pygltflib.TRIANGLES,
+        ) for k in range(len(materials))])],  # one primitive per source material, sharing the vertices
+        materials=[_material(name) for name in materials],
         samplers=[pygltflib.Sampler(
             magFilter=pygltflib.LINEAR, minFilter=pygltflib.LINEAR_MIPMAP_LINEAR,
             wrapS=pygltflib.CLAMP_TO_EDGE, wrapT=pygltflib.CLAMP_TO_EDGE,

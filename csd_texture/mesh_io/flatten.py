@@ -37,8 +37,11 @@ def flatten_scene(scene: trimesh.Scene, label: str, default_name: str) -> list[P
         transform, geometry_name = scene.graph[node]
         geometry = scene.geometry[geometry_name]
         if isinstance(geometry, trimesh.Trimesh) and len(geometry.faces):
-            name = _part_name(scene, node, geometry_name, default_name)
-            parts.append(_world_part(geometry, np.asarray(transform, dtype=np.float64), name))
+            part = _world_part(geometry, np.asarray(transform, dtype=np.float64),
+                               _part_name(scene, node, geometry_name, default_name))
+            if part.material and part.name.endswith(f"_{part.material}"):  # trimesh's OBJ `<group>_<material>`
+                part.name = part.name[: -len(part.material) - 1]
+            parts.append(part)
         else:
             ignored += 1
     if ignored and parts:

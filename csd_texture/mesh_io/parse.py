@@ -53,7 +53,8 @@ def load_file(path: Path, label: str) -> trimesh.Scene:
     resolver = FolderResolver(path.absolute().parent, label)
     try:
         data = _PREPARE[ext](data, label, resolver)
-        return trimesh.load_scene(io.BytesIO(data), file_type=ext[1:], resolver=resolver, process=False)
+        groups = {"split_groups": True} if ext == ".obj" else {}  # OBJ `g` groups stay parts (named in outputs)
+        return trimesh.load_scene(io.BytesIO(data), file_type=ext[1:], resolver=resolver, process=False, **groups)
     except CSDTextureError:
         raise
     except Exception as exc:
