@@ -455,3 +455,43 @@ def test_obj_groups_and_materials_survive_obj_and_gltf_outputs(tmp_path, tiny_gu
     gltf = _json(tmp_path / "out.glb")
     assert sorted(m["name"] for m in gltf["materials"]) == ["brass", "clay"]
     assert len(gltf["meshes"][0]["primitives"]) == 2
+
+
+# ----------------------------------------------------------------------------- CLI and batch
+
+
+def test_cli_atlas_and_material_options(tmp_path, tiny_model_dir):
+    from click.testing import CliRunner
+
+    from csd_texture_cli.main import main
+
+    out = tmp_path / "chair.glb"
+    result = CliRunner().invoke(main, [
+        "texture", str(ASSETS["chair_hierarchy"]), "a wooden chair", "-o", str(out), "--model", tiny_model_dir,
+        "--steps", "1", "--texture-size", "32", "--render-size", "32", "--quiet",
+        "--atlas", "shared", "--materials", "Oak,Fab*", "--skip-materials", "Fabric"])
+    assert result.exit_code == 0, result.output
+    before, after = _json(ASSETS["chair_hierarchy"]), _json(out)
+    assert after["materials"][1] == before["materials"][1]  # Fabric: chosen by --materials, then skipped
+    assert "baseColorTexture" in after["materials"][0]["pbrMetallicRoughness"]
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["settings"]["atlas"] == "shared" and record["settings"]["skip_materials"] == ["Fabric"]
+    assert record["asset"]["kept"]["materials_untouched"] == ["Fabric"]
+    bad = CliRunner().invoke(main, ["texture", str(ASSETS["chair_hierarchy"]), "x", "-o", str(tmp_path / "b.glb"),
+                                    "--model", tiny_model_dir, "--atlas", "tiles"])
+    assert bad.exit_code == 2 and "tiles" in bad.output
+
+
+def test_batch_keeps_scenes_too(tmp_path, tiny_model_dir):
+    from csd_texture import texture_folder
+    from csd_texture.export import read_metadata
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "blob.glb").write_bytes(ASSETS["morph_blob"].read_bytes())
+    results = list(texture_folder(folder, tmp_path / "out", "a clay blob", model=tiny_model_dir, steps=1,
+                                  texture_size=32, render_size=32, progress=False))
+    assert [r.status for r in results] == ["succeeded"], results
+    out = tmp_path / "out" / "blob.glb"
+    assert _structure(_json(out)) == _structure(_json(ASSETS["morph_blob"]))
+    assert read_metadata(out)["asset"]["kept"]["morph_targets"] == 2
