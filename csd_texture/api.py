@@ -182,6 +182,10 @@ def _with_uvs(source: MeshSource, data: MeshData, config: Config) -> tuple[MeshD
     if gltf and not config.edit:
         layout = scene_uv(load_scene(source, config.materials, config.skip_materials), config.keep_uv,
                           config.atlas == "shared", config.texture_size)
+        if layout.grid * config.texture_size > 4096:
+            log.warning(f"{source}: {len(layout.groups)} material maps of {config.texture_size} texels are optimised"
+                        f" as one {layout.grid * config.texture_size}-texel atlas; --atlas shared or a smaller"
+                        " --texture-size needs less memory")
         return flatten_for_optimiser(layout, data.name, data.up_axis), layout
     if gltf:
         log.warning(f"{source}: --edit works on the flattened mesh; the output holds one mesh and one material"

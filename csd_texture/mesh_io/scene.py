@@ -123,6 +123,11 @@ def load_scene(path: str | Path, materials: tuple[str, ...] = (), skip_materials
             used_materials.append(material)
             count = document["accessors"][primitive["attributes"]["POSITION"]]["count"]
             primitives.append(SourcePrimitive(mesh_index, index, material, triangles, int(count)))
+    gpu_instanced = [node for node, _ in instances
+                     if "EXT_mesh_gpu_instancing" in (document["nodes"][node].get("extensions") or {})]
+    if gpu_instanced:
+        log.warning(f"{path}: EXT_mesh_gpu_instancing on node(s) {gpu_instanced} is kept, but the texture is"
+                    " optimised on each node's own placement only")
     undrawn = [i for i in range(len(document.get("meshes") or [])) if i not in drawn]
     if undrawn:
         log.warning(f"{path}: mesh(es) {undrawn} are drawn by no node of the scene; kept, but not textured")
