@@ -308,3 +308,18 @@ def test_rendered_depth_and_camera_space_normals_of_a_sphere() -> None:
     image = control_images("normal", out.depth, out.normal, out.mask)
     torch.testing.assert_close(image[0, :, 32, 32], centre * 0.5 + 0.5)
     torch.testing.assert_close(image[0, :, 0, 0], torch.tensor([0.5, 0.5, 1.0]))
+
+
+def test_sdxl_vae_stays_fp32_in_fp16_unless_its_config_says_fixed(model_dirs: dict[str, str], tmp_path: Path) -> None:
+    """SDXL's VAE overflows in fp16: it is kept in fp32 (force_upcast), except for a VAE whose config
+    says it was fixed for fp16 (force_upcast false, like madebyollin/sdxl-vae-fp16-fix); SD's is not upcast."""
+    fixed = tmp_path / "sdxl-fp16-fix"
+    shutil.copytree(model_dirs["sdxl"], fixed)
+    vae_config = json.loads((fixed / "vae" / "config.json").read_text())
+    assert vae_config.get("force_upcast", True)
+    (fixed / "vae" / "config.json").write_text(json.dumps({**vae_config, "force_upcast": False}))
+    for folder, vae_dtype in [(model_dirs["sdxl"], torch.float32), (fixed, torch.float16),
+                              (model_dirs["sd-epsilon"], torch.float16)]:
+        guidance = CSDGuidance.from_pretrained(str(folder), dtype=torch.float16)
+        assert next(guidance.unet.parameters()).dtype == torch.float16
+        assert next(guidance.vae.parameters()).dtype == vae_dtype == guidance.vae_dtype, folder
