@@ -280,7 +280,8 @@ def test_cli_single_file_with_lora_and_controlnet(tiny_model_dir: str, tmp_path:
 
 def test_rendered_depth_and_camera_space_normals_of_a_sphere() -> None:
     """Facing the camera: normal (0, 0, 1) and depth = distance - radius at the centre; normals point
-    right on the right edge and up at the top (row 0); the normal ControlNet image maps n to n/2 + 1/2."""
+    right on the right edge and up at the top (row 0); the normal ControlNet image is NormalBae's
+    convention (red = left, green = up, blue = towards the camera)."""
     import trimesh
 
     from csd_texture.cameras import make_cameras
@@ -306,7 +307,8 @@ def test_rendered_depth_and_camera_space_normals_of_a_sphere() -> None:
     assert out.normal[0, 32, int(columns.max()), 0] > 0.7 and out.normal[0, int(rows.min()), 32, 1] > 0.7
     assert out.depth[0][out.mask[0] == 0].abs().max() == 0
     image = control_images("normal", out.depth, out.normal, out.mask)
-    torch.testing.assert_close(image[0, :, 32, 32], centre * 0.5 + 0.5)
+    torch.testing.assert_close(image[0, :, 32, 32], centre * torch.tensor([-0.5, 0.5, 0.5]) + 0.5)
+    assert image[0, 0, 32, int(columns.max())] < 0.2 and image[0, 1, int(rows.min()), 32] > 0.8
     torch.testing.assert_close(image[0, :, 0, 0], torch.tensor([0.5, 0.5, 1.0]))
 
 

@@ -4,8 +4,9 @@ image the project's renderer drew for the same view, so the classifier score see
 Control images (B, 3, H, W) in [0, 1]:
   depth:  inverse-depth style like the MiDaS maps depth ControlNets were trained on: nearest
           covered point 1, farthest 0.1, background 0 (normalised per view).
-  normal: camera-space unit normals as RGB = n * 0.5 + 0.5 (x right, y up, z towards the camera),
-          background (0.5, 0.5, 1) like the normal-map ControlNets' flat background.
+  normal: camera-space unit normals in the convention of the NormalBae maps the normal ControlNets
+          were trained on: red = left, green = up, blue = towards the camera, RGB = n * 0.5 + 0.5;
+          background (0.5, 0.5, 1), a surface facing the camera.
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def control_images(kind: str, depth: torch.Tensor, normal: torch.Tensor, mask: t
         image = torch.where(covered, 0.1 + 0.9 * closeness, torch.zeros_like(depth)).expand(-1, -1, -1, 3)
     else:
         flat = torch.tensor([0.5, 0.5, 1.0], device=normal.device, dtype=normal.dtype)
-        image = mask * (normal * 0.5 + 0.5) + (1 - mask) * flat
+        bae = normal * torch.tensor([-1.0, 1.0, 1.0], device=normal.device, dtype=normal.dtype)  # x: right -> left
+        image = mask * (bae * 0.5 + 0.5) + (1 - mask) * flat
     return image.permute(0, 3, 1, 2).contiguous().detach()
 
 
