@@ -553,3 +553,93 @@ def test_blender_imports_the_rig_with_its_armature_and_animation(tmp_path_factor
         before, after = json.loads(report.read_text())
         assert after == before
         assert before["armatures"] or before["shape_keys"]
+
+
+# ----------------------------------------------------------------------------- three.js
+
+_ANIMATE_JS = r'''
+// Load ?a=URL and ?b=URL, play each one's first animation to three times with AnimationMixer,
+// and log every mesh vertex in world space (skinning and morphs applied by three.js itself).
+import * as THREE from "three";
+import { GLTFLoader } from "three/addons/loaders/GLTFLoader.js";
+
+async function poses(url) {
+  const gltf = await new GLTFLoader().loadAsync(url);
+  const clip = gltf.animations[0];
+  const mixer = new THREE.AnimationMixer(gltf.scene);
+  if (clip) mixer.clipAction(clip).play();
+  const result = [];
+  for (const fraction of [0, 0.37, 1]) {
+    mixer.setTime(clip ? clip.duration * fraction : 0);
+    gltf.scene.updateMatrixWorld(true);
+    const points = [];
+    const v = new THREE.Vector3();
+    gltf.scene.traverse((object) => {
+      if (!object.isMesh) return;
+      if (object.isSkinnedMesh) object.skeleton.update();
+      const count = object.geometry.attributes.position.count;
+      for (let i = 0; i < count; i++) {
+        object.getVertexPosition(i, v);
+        if (object.isSkinnedMesh) object.applyBoneTransform(i, v);
+        v.applyMatrix4(object.matrixWorld);
+        points.push([v.x, v.y, v.z].map((c) => Math.round(c * 1000) / 1000).join(","));
+      }
+    });
+    result.push([...new Set(points)].sort());
+  }
+  return result;
+}
+
+const query = new URLSearchParams(window.location.search);
+Promise.all([poses(query.get("a")), poses(query.get("b"))]).then(
+  ([a, b]) => {
+    const same = JSON.stringify(a) === JSON.stringify(b);
+    const moved = JSON.stringify(a[0]) !== JSON.stringify(a[1]);
+    console.log(`poses same=${same} moved=${moved} points=${a[0].length}`);
+    document.title = "done";
+  },
+  (error) => console.error(`cannot load: ${error}`),
+);
+'''
+
+
+@pytest.mark.slow
+def test_three_js_plays_the_textured_rig_like_the_input(tmp_path_factory, tiny_guidance, tmp_path):
+    """three.js GLTFLoader + AnimationMixer in headless Chromium: the textured arm and blob pose
+    exactly like their inputs at three animation times, and the animation does move them."""
+    import functools
+    import http.server
+    import threading
+
+    from test_browser import PAGE_DIR, require_browser, screenshot
+
+    browser = require_browser()
+    page = tmp_path / "page"
+    page.mkdir()
+    (page / "animate.js").write_text(_ANIMATE_JS)
+    (page / "index.html").write_text((PAGE_DIR / "index.html").read_text().replace("./render.js", "./animate.js"))
+    files = {f"/{name}/in.glb": ASSETS[name] for name in ("skinned_arm", "morph_blob")}
+    files |= {f"/{name}/out.glb": _textured(name, tmp_path_factory, tiny_guidance) for name in ("skinned_arm", "morph_blob")}
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def translate_path(self, path: str) -> str:
+            path = path.split("?")[0]
+            if path in files:
+                return str(files[path])
+            if path.startswith("/node_modules/"):
+                return str(PAGE_DIR) + path
+            return super().translate_path(path)
+
+        def log_message(self, format: str, *args) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(page)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        for name in ("skinned_arm", "morph_blob"):
+            url = f"http://127.0.0.1:{httpd.server_address[1]}/index.html?a=/{name}/in.glb&b=/{name}/out.glb"
+            _, console = screenshot(browser, url, tmp_path / name)
+            assert "poses same=true moved=true" in console, f"{name}: {console}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
