@@ -83,7 +83,12 @@ def load_controlnet(spec: str, family: str, dtype: torch.dtype) -> GeometryContr
     if source is None:
         raise ConfigError(f"--controlnet {kind}: there is no standard {kind} ControlNet for {family}; "
                           f"pass one with --controlnet {kind}=ID_OR_FOLDER")
-    folder = resolve_model_folder(source, None, CONTROLNET_FILES)
+    try:
+        folder = resolve_model_folder(source, None, CONTROLNET_FILES)
+    except ModelLoadError as exc:
+        reason = str(exc).split(": ", 1)[-1].split(". Download")[0].split("; pass")[0]
+        raise ModelLoadError(f"cannot load the {kind} ControlNet {source!r}: {reason}; download it where you have "
+                             f"internet (`hf download {source} --local-dir DIR`) and pass --controlnet {kind}=DIR") from None
     try:
         model = ControlNetModel.from_pretrained(folder, torch_dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - missing files and format errors all mean "cannot load"
