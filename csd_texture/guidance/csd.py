@@ -22,13 +22,13 @@ from dataclasses import dataclass, replace
 import kornia
 import torch
 
+from ..cameras import VIEW_BUCKETS
 from ..config import Config
 from ..datatypes import PromptEmbeds
 from .conditioning import TextConditioning
 from .controlnet import GeometryControl, load_controlnet
 from .families import ModelInfo, load_model
 from .lora import LoraSpec, apply_loras
-from ..cameras import VIEW_BUCKETS
 from .prompts import view_prompts
 from .regional import compose_scores, latent_masks
 
