@@ -90,6 +90,8 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
     with _timed(timings, "unwrap"):
         data, scene = _with_uvs(mesh, data, config)
     parts = assign_parts(data, config.prompt, config.parts)  # unknown part names fail here, before the model
+    if config.parts and objective is not None:
+        log.warning(f"{data.name}: parts apply to the CSD guidance; ignored with a custom objective")
     region = edit_region(config, data, config.pad_texels) if config.edit else None
     if region is not None and config.texture_size != len(region.weight):
         log.info(f"{data.name}: repainting a region bakes at the source texture's size, {len(region.weight)}")
