@@ -263,9 +263,8 @@ def _kept_uvs(scene: SceneSource, primitives: list[SourcePrimitive], material: i
               group: int) -> dict[tuple[int, int], PrimitiveUV] | None:
     """The material's own UVs, untouched, or None (with a warning) when they are unusable."""
     document = scene.document
-    info = ((document.get("materials") or [{}])[material] if material is not None else {}).get(
-        "pbrMetallicRoughness", {}).get("baseColorTexture", {})
-    texcoord = int(info.get("texCoord", 0))
+    source_material = document["materials"][material] if material is not None else {}
+    texcoord = int(source_material.get("pbrMetallicRoughness", {}).get("baseColorTexture", {}).get("texCoord", 0))
     name = scene.material_name(material)
     layouts = {}
     for primitive in primitives:

@@ -1,14 +1,18 @@
 """World-space parts -> one repaired MeshData normalised into [-1, 1]^3.
 
-Hand-written rather than trimesh's `merge_vertices`/`update_faces`/`fix_normals`: those do not
-report what they changed (every repair here is a warning naming the count), do not keep the
-part/UV seams this pipeline needs, and `fix_normals` re-winds whole bodies by a heuristic.
+trimesh computes the triangle areas. The rest is hand-written rather than trimesh's
+`merge_vertices`/`update_faces`/`fix_normals`/`vertex_normals`: those do not report what they
+changed (every repair here is a warning naming the count), do not keep the part/UV seams this
+pipeline needs while sharing one normal per position across them, and `fix_normals` re-winds
+whole bodies by a heuristic. `unique_rows` stands in for trimesh.grouping.unique_rows because the
+edge and duplicate-face checks need the counts too, which trimesh's does not return.
 """
 from __future__ import annotations
 
 import logging
 
 import numpy as np
+import trimesh
 
 from ..datatypes import MeshData
 from ..errors import MeshValidationError
@@ -168,8 +172,8 @@ def _merge_vertices(
 
 
 def _double_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    a, b, c = (vertices[faces[:, i]] for i in range(3))
-    return np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    """(F,) twice each face's area."""
+    return 2.0 * trimesh.triangles.area(vertices[faces])
 
 
 def _drop_degenerate(vertices: np.ndarray, faces: np.ndarray, label: str) -> np.ndarray:
