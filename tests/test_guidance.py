@@ -179,14 +179,15 @@ def test_cli_verbose_shows_the_cause_of_a_model_error(tiny_model_dir: str, tmp_p
     assert "The above exception was the direct cause" in verbose.output and "NoSuchDownBlock2D" in verbose.output
 
 
-def test_hub_check_goes_through_the_proxy(tmp_path) -> None:
+def test_hub_check_goes_through_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Behind a proxy the hub's own name may not resolve; the reachability check must ask the proxy
     (HTTP_PROXY/HTTPS_PROXY), as the download will. A local proxy answers for hub.invalid."""
     import http.server
-    import os
-    import subprocess
-    import sys
     import threading
+
+    from huggingface_hub import close_session
+
+    from csd_texture.guidance.families import _hub_reachable
 
     seen: list[str] = []
 
@@ -201,15 +202,18 @@ def test_hub_check_goes_through_the_proxy(tmp_path) -> None:
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    check = "from csd_texture.guidance.families import _hub_reachable; print(_hub_reachable('http://hub.invalid'))"
-    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy", "https_proxy",
-                                                                     "all_proxy")}
+    for name in ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
     try:
-        direct = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120)
-        proxied = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120,
-                                 env={**env, "HTTP_PROXY": f"http://127.0.0.1:{server.server_port}"})
+        close_session()  # the hub client reads the proxy settings when it is created
+        direct = _hub_reachable("http://hub.invalid")
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_port}")
+        close_session()
+        proxied = _hub_reachable("http://hub.invalid")
     finally:
         server.shutdown()
-    assert direct.stdout.strip() == "False", direct.stderr
-    assert proxied.stdout.strip() == "True", proxied.stderr
+        monkeypatch.undo()
+        close_session()
+    assert not direct and proxied
     assert seen and seen[0].startswith("http://hub.invalid")
