@@ -54,3 +54,18 @@ def tiny_textured_fuze(tiny_model_dir: str, tmp_path_factory: pytest.TempPathFac
     out = tmp_path_factory.mktemp("textured-fuze") / "fuze.glb"
     return texture_mesh(fuze, "a red soda bottle", out, model=tiny_model_dir, steps=2, texture_size=64,
                         render_size=64, progress=False)
+
+
+# --- hypothesis (property tests) -----------------------------------------------------
+try:
+    import os
+
+    from hypothesis import settings as _hypothesis_settings
+
+    # The same examples every run (no flaky CI, no .hypothesis database); HYPOTHESIS_PROFILE=explore
+    # draws fresh random cases when hunting for bugs locally.
+    _hypothesis_settings.register_profile("repeatable", derandomize=True, database=None)
+    _hypothesis_settings.register_profile("explore", derandomize=False)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+except ImportError:  # the test extra installs it; without it only the property tests fail to import
+    pass
