@@ -70,6 +70,10 @@ def face_groups(mesh: MeshData) -> list[tuple[str, str, np.ndarray]]:
     default = f"{mesh.name}_material"
     if mesh.face_parts is None or not mesh.part_labels:
         return [(default, mesh.name, np.arange(mesh.num_faces))]
+    if len(mesh.face_parts) != mesh.num_faces:
+        logger.warning("mesh '%s': face_parts has %d entries for %d faces; writing one material", mesh.name,
+                       len(mesh.face_parts), mesh.num_faces)
+        return [(default, mesh.name, np.arange(mesh.num_faces))]
     parts = np.asarray(mesh.face_parts)
     groups = []
     for label in np.unique(parts).tolist():
