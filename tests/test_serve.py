@@ -129,6 +129,7 @@ def test_job_end_to_end_writes_valid_outputs(served, gltf_validator, tmp_path: P
     assert job["progress"] == 1.0 and job["step"] == job["total"] == FAST["steps"] and job["error"] is None
     assert job["input_name"] == "x.obj"
     assert any("fuze.obj.mtl" in w for w in job["warnings"]), job  # its material file was not uploaded
+    assert not any(str(store.root) in w for w in job["warnings"]), job  # no server paths in messages
     # the client's name decided nothing: the upload is the job folder's input/mesh.obj
     assert (store.folder(job["id"]) / "input" / "mesh.obj").read_bytes() == FUZE.read_bytes()
     assert files_under(outside) - files_under(store.root) == before and not (outside / "x.obj").exists()
@@ -167,7 +168,7 @@ def test_three_concurrent_jobs_all_finish(served) -> None:
 
 
 def test_a_bad_mesh_fails_its_job_with_the_cli_message(served, tmp_path: Path) -> None:
-    client, _ = served
+    client, store = served
     garbage = b"v 0 0 0\nv nan 1 0\nf 1 2 3\n"
     status, reply = client.submit(garbage, "broken.obj", settings=FAST)
     assert status == 202, reply
@@ -176,6 +177,7 @@ def test_a_bad_mesh_fails_its_job_with_the_cli_message(served, tmp_path: Path) -
     with pytest.raises(CSDTextureError) as expected:
         load_mesh(tmp_path / "mesh.obj")
     assert job["state"] == "failed" and str(expected.value).split(": ", 1)[1] in job["error"], job
+    assert job["error"].startswith("broken.obj") and str(store.root) not in job["error"], job
     assert client.json("GET", "/api/jobs")[0] == 200  # the server lives on
     status, reply = client.json("GET", f"/api/jobs/{job['id']}/result.glb")
     assert status == 409 and "failed" in reply["error"]

@@ -128,9 +128,12 @@ def create_app(store: JobStore, workers: Workers, max_upload_bytes: int) -> Star
             return job
         name = request.path_params["name"]
         folder = store.folder(job.id)
-        if name == PREVIEW:
-            path = folder / PREVIEW
-            headers = {"Cache-Control": "no-store"}
+        if name == PREVIEW:  # replaced while the job runs: read it whole, not streamed by its old size
+            try:
+                data = (folder / PREVIEW).read_bytes()
+            except FileNotFoundError:
+                return error(404, f"job {job.id} has no preview yet")
+            return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
         elif job.state != "done":
             return error(409, f"job {job.id} is {job.state}: no result yet" + (f" ({job.error})" if job.error else ""))
         elif name in DOWNLOADS:
@@ -141,8 +144,7 @@ def create_app(store: JobStore, workers: Workers, max_upload_bytes: int) -> Star
             return error(404, f"no download {name!r}; try result.glb, result.gltf.zip, result.obj.zip, maps.zip")
         if not path.is_file():
             return error(404, f"job {job.id} has no {name} yet")
-        return FileResponse(path, headers=headers, filename=None if name == PREVIEW else
-                            f"{Path(job.input_name).stem or 'mesh'}-{Path(name).name}")
+        return FileResponse(path, headers=headers, filename=f"{Path(job.input_name).stem or 'mesh'}-{Path(name).name}")
 
     async def info(request: Request) -> Response:
         return JSONResponse({"max_upload_bytes": max_upload_bytes, "presets": list(PRESETS)})

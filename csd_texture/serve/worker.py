@@ -104,6 +104,10 @@ class Workers:
         warnings = JobWarnings()
         package = logging.getLogger("csd_texture")
         package.addHandler(warnings)
+        def scrub(text: str) -> str:
+            """Messages name the upload as the client did, not by its place on the server."""
+            return text.replace(str(folder / job.mesh), job.input_name).replace(str(folder) + "/", "")
+
         try:
             config = self.base.updated(**job.settings).updated(prompt=job.prompt, device=self.devices[index])
             result = texture_mesh(folder / job.mesh, config=config, guidance=self.guidance[index],
@@ -115,17 +119,17 @@ class Workers:
             log.info("job %s cancelled", job_id)
             return
         except CSDTextureError as exc:  # the CLI's one-line message
-            store.update(job_id, state="failed", error=str(exc), finished=time.time())
+            store.update(job_id, state="failed", error=scrub(str(exc)), finished=time.time())
             log.warning("job %s failed: %s", job_id, exc)
             return
         except Exception as exc:  # noqa: BLE001 - a job never takes the server down
             log.exception("job %s failed unexpectedly", job_id)
-            store.update(job_id, state="failed", error=f"unexpected failure: {type(exc).__name__}: {exc}",
+            store.update(job_id, state="failed", error=scrub(f"unexpected failure: {type(exc).__name__}: {exc}"),
                          finished=time.time())
             return
         finally:
             package.removeHandler(warnings)
-            store.update(job_id, warnings=warnings.messages)
+            store.update(job_id, warnings=[scrub(message) for message in warnings.messages])
         store.update(job_id, state="done", progress=1.0, eta_s=0.0, finished=time.time(), has_preview=True)
         log.info("job %s done", job_id)
 
