@@ -194,7 +194,7 @@ def _turbulence(q: torch.Tensor, g: torch.Generator, octaves: int = 4) -> torch.
 def _pattern_mask(pattern: torch.Tensor, p: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Soft mask (n, H, W) in [0, 1] of the second colour for object-space points p (n, H, W, 3)."""
     n = p.shape[0]
-    col = lambda t: t.view(n, 1, 1)  # noqa: E731
+    col = lambda t: t.view(n, 1, 1)
     q = torch.einsum("nhwi,nij->nhwj", p, _rotation(n, g))
     # stripes: 40% horizontal bands, 20% vertical, 40% any angle; period 0.35-0.9 (about 10-26 px)
     kind = torch.rand(n, generator=g)
@@ -206,7 +206,7 @@ def _pattern_mask(pattern: torch.Tensor, p: torch.Tensor, g: torch.Generator) ->
     stripes = (0.5 + 4.0 * (s + col(uniform(n, -0.2, 0.2, g)))).clamp(0, 1)
 
     cell = col(uniform(n, 0.28, 0.5, g))
-    soft = lambda a: torch.clamp(torch.sin(math.pi * a / cell) * 4.0, -1.0, 1.0)  # noqa: E731
+    soft = lambda a: torch.clamp(torch.sin(math.pi * a / cell) * 4.0, -1.0, 1.0)
     checker = 0.5 + 0.5 * soft(q[..., 0]) * soft(q[..., 1]) * soft(q[..., 2])
 
     spacing = uniform(n, 0.32, 0.55, g)
@@ -369,7 +369,7 @@ def draw_scenes(n: int, g: torch.Generator, size: int = IMAGE_SIZE, named_fracti
 
 def make_caption(label: dict, g: torch.Generator) -> str:
     """A caption naming what `label` shows, each part left out at random (see the module doc)."""
-    r = lambda: float(torch.rand(1, generator=g))  # noqa: E731
+    r = lambda: float(torch.rand(1, generator=g))
     pat, mat, names, shape = label["pattern"], label["material"], label["colours"], label["shape"]
     use_colour = names is not None and r() < 0.85
     use_pattern = r() < (0.5 if pat == "plain" else 0.85)
@@ -496,7 +496,7 @@ def encode_pool(vae, args, g, log):
 
 
 def train_unet(parts, pool, tokens, args, g, log, seconds: float, save) -> dict:
-    vae, text_encoder, unet, scheduler = parts
+    _, text_encoder, unet, scheduler = parts
     means, stds, labels, scaling = pool
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
@@ -555,6 +555,29 @@ def train_unet(parts, pool, tokens, args, g, log, seconds: float, save) -> dict:
     return {"unet_steps": step, "unet_loss_last": running, "unet_seconds": time.time() - t0}
 
 
+def resume(args, log) -> None:
+    """Continue the UNet and text encoder of the folder --out on a freshly drawn pool (seed + 1)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(args.out, safety_checker=None, requires_safety_checker=False)
+    torch.manual_seed(args.seed + 1)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    t_start = time.time()
+    means, stds, labels, _ = encode_pool(pipe.vae, args, g, log)
+    pool = (means, stds, labels, pipe.vae.config.scaling_factor)  # keep the trained scaling
+    parts = (pipe.vae, pipe.text_encoder, pipe.unet, pipe.scheduler)
+    save = lambda: save_pipeline(args.out, *parts[:2], pipe.tokenizer, *parts[2:])
+    remaining = args.minutes * 60 - (time.time() - t_start)
+    info = train_unet(parts, pool, TokenCache(pipe.tokenizer), args, g, log, remaining, save)
+    save()
+    report_path = args.out / "train_report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    report.setdefault("resumed", []).append(dict(args=vars(args) | {"out": str(args.out)}, **info,
+                                                 seconds=time.time() - t_start))
+    report_path.write_text(json.dumps(report, indent=1) + "\n")
+    log(f"resumed for {(time.time() - t_start) / 60:.1f} min, saved {args.out}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("tests/data/pattern-prior"))
@@ -573,10 +596,12 @@ def main(argv=None):
     parser.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints")
     parser.add_argument("--eval-only", action="store_true", help="only measure --out and add to its train_report.json")
     parser.add_argument("--no-eval", action="store_true", help="skip the measurements after training")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue training the UNet and text encoder of --out for --minutes (the autoencoder stays)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    log = lambda msg: print(msg, flush=True)
     if args.eval_only:
         from pattern_prior_eval import evaluate
 
@@ -586,6 +611,9 @@ def main(argv=None):
         report_path.write_text(json.dumps(info, indent=1) + "\n")
         return
 
+    if args.resume:
+        resume(args, log)
+        return
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     tokenizer = build_tokenizer(WORDS, model_max_length=MAX_TOKENS)
@@ -599,7 +627,7 @@ def main(argv=None):
     pool = encode_pool(vae, args, g, log)
     vae.register_to_config(scaling_factor=round(pool[-1], 5))
     info["scaling_factor"] = vae.config.scaling_factor
-    save = lambda: save_pipeline(args.out, vae, text_encoder, tokenizer, unet, scheduler)  # noqa: E731
+    save = lambda: save_pipeline(args.out, vae, text_encoder, tokenizer, unet, scheduler)
     remaining = budget - (time.time() - t_start)
     info.update(train_unet((vae, text_encoder, unet, scheduler), pool, TokenCache(tokenizer), args, g, log, remaining, save))
     info["train_seconds"] = time.time() - t_start
