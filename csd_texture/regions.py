@@ -182,5 +182,13 @@ def composite_region(maps: PBRMaps, source_srgb: np.ndarray, region: Region) -> 
     return dataclasses.replace(maps, albedo=np.where(keep, source, maps.albedo).astype(np.float32))
 
 
-__all__ = ["Region", "RegionTexture", "composite_region", "edit_region", "feathered", "face_region", "read_mask",
-           "selected_faces"]
+__all__ = [
+    "Region",
+    "RegionTexture",
+    "composite_region",
+    "edit_region",
+    "face_region",
+    "feathered",
+    "read_mask",
+    "selected_faces",
+]

@@ -13,6 +13,7 @@ import pytest
 import torch
 import trimesh
 from click.testing import CliRunner
+from csd_texture_cli.main import main
 from PIL import Image
 
 from csd_texture import texture_mesh
@@ -26,7 +27,6 @@ from csd_texture.mesh_io import load_mesh
 from csd_texture.regions import face_region, feathered
 from csd_texture.testing import NAMED_HUES, hue_distance, mean_color_hsv
 from csd_texture.uv import prepare_uv
-from csd_texture_cli.main import main
 
 PRIOR = Path(__file__).parent / "data" / "tiny-prior"
 CHAIR = Path(__file__).parent / "data" / "meshes" / "scenes" / "chair_hierarchy.glb"

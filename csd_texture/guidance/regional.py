@@ -75,7 +75,7 @@ def assign_parts(mesh: MeshData, prompt: str, parts: tuple[tuple[str, str], ...]
     return PartPrompts(tuple(every[i] for i in used), face_prompt.reshape(-1).astype(np.int64))
 
 
-def encode_part_prompts(guidance: "CSDGuidance", prompts: tuple[str, ...], negative_prompt: str,
+def encode_part_prompts(guidance: CSDGuidance, prompts: tuple[str, ...], negative_prompt: str,
                         view_dependent: bool) -> PromptEmbeds:
     """PromptEmbeds for K prompts: cond (K, N_views, L, D), each part with its own view suffixes;
     one prompt gives the plain (N_views, L, D) embeddings."""
