@@ -115,6 +115,24 @@ def prior_section(base: Config) -> None:
     table(rows)
 
 
+def speed_section(steps: int = 3) -> None:
+    """Seconds per step at the default settings (texture 1024, render 512, one view), CSD with the tiny
+    prior, so the difference is the recipe's (render, texture, light, regulariser), not the model's."""
+    from csd_texture.guidance.csd import CSDGuidance
+
+    if not (TINY_PRIOR / "unet").is_dir():
+        return
+    guidance = CSDGuidance.from_pretrained(str(TINY_PRIOR))
+    mesh = unwrapped("fuze", 1024)
+    rows = [("recipe", "texture", "render", "s/step")]
+    for label, config in recipes(Config(prompt="a blue bottle", steps=steps)):
+        embeds = guidance.encode_prompts(config.prompt, config.negative_prompt, config.view_prompts != "off")
+        _, seconds = run_recipe(mesh, CSDObjective(guidance, embeds, config), config, size=64)
+        rows.append((label, config.texture_size, config.render_size, f"{seconds:.2f}"))
+    print(f"speed at default settings: fuze.obj, tiny prior CSD, {steps} steps")
+    table(rows)
+
+
 def recovery_section(steps: int, texture_size: int) -> None:
     rows = [("recipe", "steps", "held-out PSNR dB", "s/step")]
     for label, settings in (("old (legacy)", LEGACY_RECIPE), ("new (default)", {})):
@@ -140,15 +158,20 @@ def main() -> None:
     parser.add_argument("--render-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--quick", action="store_true", help="sphere only; skip fuze recovery and determinism")
+    parser.add_argument("--speed-only", action="store_true", help="only seconds per step at default settings")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    if args.speed_only:
+        speed_section()
+        return
     base = Config(prompt="-", steps=args.steps, texture_size=args.texture_size, render_size=args.render_size,
                   views_per_step=2, pad_texels=4)
     noise_section(base, ["sphere"] if args.quick else ["sphere", "fuze"])
     pbr_section(base)
     prior_section(base)
     if not args.quick:
+        speed_section()
         recovery_section(120, args.texture_size)
         with tempfile.TemporaryDirectory() as tmp:
             same, differs = determinism(str(save_tiny_pipeline(Path(tmp) / "tiny")))

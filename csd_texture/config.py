@@ -180,7 +180,7 @@ class Config:
     lighting: str = "environment"  # "environment" (HDRI image-based light) or "directional" (old recipe)
     roughness: tuple[float, float] = (0.08, 1.0)  # bounds; one value pins it ("0.5" or "0.3,0.9")
     metallic: tuple[float, float] = (0.0, 1.0)
-    material_weight: float = 1.0  # material prior (roughness near 0.6, metallic near 0) + smoothness
+    material_prior: float = 1.0  # decoupled pull of roughness/metallic towards 0.6/0.05 per step, x learning rate
     lr_decay: float = 0.1  # final learning rate as a fraction of the first (cosine decay); 1 = constant
     grad_clip: float = 1.0  # gradient norm clip; 0 = off
     ema_decay: float = 0.99  # averaged texture for the export; 0 = the last step's texture
@@ -225,7 +225,8 @@ class Config:
              f"{self.roughness} and metallic {self.metallic}"),
             (0.0 < self.distance_range[0] <= self.distance_range[1],
              f"distance_range must be LO,HI with 0 < LO <= HI, got {self.distance_range}"),
-            (self.material_weight >= 0 and self.grad_clip >= 0, "material_weight and grad_clip must be >= 0"),
+            (0 <= self.material_prior <= 10 and self.grad_clip >= 0,
+             "material_prior must be within [0, 10] and grad_clip >= 0"),
             (0.0 < self.lr_decay <= 1.0, f"lr_decay must be within (0, 1], got {self.lr_decay}"),
             (0.0 <= self.ema_decay < 1.0, f"ema_decay must be within [0, 1), got {self.ema_decay}"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -345,7 +346,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # rate, no negative prompt, one timestep per step), for comparisons: `preset("balanced", **LEGACY_RECIPE)`.
 LEGACY_RECIPE: dict[str, Any] = {
     "texture": "image", "lighting": "directional", "roughness": (0.0, 1.0), "metallic": (0.0, 1.0),
-    "material_weight": 0.0, "lr_decay": 1.0, "grad_clip": 0.0, "ema_decay": 0.0, "distance_range": (1.0, 1.0),
+    "material_prior": 0.0, "lr_decay": 1.0, "grad_clip": 0.0, "ema_decay": 0.0, "distance_range": (1.0, 1.0),
     "elevation_range": (-10.0, 45.0), "negative_prompt": "", "timestep_per_view": False,
 }
 

@@ -140,6 +140,12 @@ class UVPyramidTexture(torch.nn.Module):
         return _to_sample(raw.permute(0, 2, 3, 1) + self.bias, self.material)
 
     @torch.no_grad()
+    def decay_materials(self, factor: float) -> None:
+        """Scale the raw roughness/metallic parameters by `factor` (towards DEFAULT_INIT)."""
+        for level in self.levels:
+            level[:, 3:].mul_(factor)
+
+    @torch.no_grad()
     def initialise_albedo(self, albedo_linear: torch.Tensor) -> None:
         """Start from an existing (H, W, 3) linear albedo image (row 0 = v 1), e.g. for editing."""
         image = _resized(albedo_linear, self.size).to(self.levels[0])
@@ -154,8 +160,8 @@ class HybridTexture(torch.nn.Module):
     grids: one (1, 5, s, s, s) parameter per size in `grid_sizes`, covering [-1, 1]^3 (the
     normalised mesh box), sampled trilinearly and summed: the cell of the finest grid (2/64 of
     the box) is about 1% of the bounding diagonal, so everything coarser is seamless by
-    construction. detail: (1, 3, size, size) UV image of albedo only, mip-sampled by the
-    pixel's footprint; roughness and metallic come from the grids alone (smooth materials,
+    construction. detail: (1, 3, size, size) UV image of albedo only, high-passed (`high_pass`)
+    and mip-sampled by the pixel's footprint; roughness and metallic come from the grids alone (smooth materials,
     as DreamMat/Fantasia3D regularise them).
     """
 
@@ -164,6 +170,7 @@ class HybridTexture(torch.nn.Module):
         super().__init__()
         self.size = size
         self.material = material
+        self.grid_sizes = tuple(grid_sizes)
         self.grids = torch.nn.ParameterList(
             [torch.nn.Parameter(torch.zeros(1, CHANNELS, s, s, s)) for s in grid_sizes]
         )
@@ -180,16 +187,26 @@ class HybridTexture(torch.nn.Module):
                           padding_mode="border", align_corners=True)
             for level in self.grids
         )[:, :, 0].permute(0, 2, 3, 1)
-        detail = mip_sample(mip_pyramid(self.detail), uv, footprint)
+        detail = mip_sample(mip_pyramid(self.high_pass(self.detail)), uv, footprint)
         raw = raw + F.pad(detail, (0, CHANNELS - 3))
         return _to_sample(raw + self.bias, self.material)
 
     @torch.no_grad()
-    def initialise_albedo(self, albedo_linear: torch.Tensor) -> None:
-        """Start from an existing (H, W, 3) linear albedo image (row 0 = v 1), e.g. for editing."""
+    def decay_materials(self, factor: float) -> None:
+        """Scale the raw roughness/metallic parameters by `factor` (towards DEFAULT_INIT)."""
         for level in self.grids:
-            level.zero_()
-        self.detail.copy_(_logit(_resized(albedo_linear, self.size).to(self.detail)) - self.bias[:3, None, None])
+            level[:, 3:].mul_(factor)
+
+    def high_pass(self, detail: torch.Tensor) -> torch.Tensor:
+        """(1, 3, S, S) minus its box blur over S / finest-grid-size texels: the UV image keeps only
+        what the finest grid cannot hold, so no low frequency lives in UV space (where it would be
+        cut at chart borders). Textures no larger than the finest grid have no detail."""
+        window = max(self.size // self.grid_sizes[-1], 1)
+        if window == 1:
+            return detail * 0.0
+        blurred = F.interpolate(F.avg_pool2d(detail, window), size=detail.shape[-2:], mode="bilinear",
+                                align_corners=False)
+        return detail - blurred
 
 
 class FourierFieldTexture(torch.nn.Module):
@@ -225,6 +242,12 @@ class FourierFieldTexture(torch.nn.Module):
             if i < len(self.mlp) - 1:
                 x = F.silu(x)
         return _to_sample(x + self.bias, self.material)
+
+    @torch.no_grad()
+    def decay_materials(self, factor: float) -> None:
+        """Scale the output layer's roughness/metallic weights and biases by `factor` (towards DEFAULT_INIT)."""
+        self.mlp[-1].weight[3:].mul_(factor)
+        self.mlp[-1].bias[3:].mul_(factor)
 
 
 class ImageTexture(torch.nn.Module):

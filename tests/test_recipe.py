@@ -34,7 +34,8 @@ def sphere():
 
 
 def small(**changes) -> Config:
-    return Config(prompt="-", steps=40, texture_size=64, render_size=32, views_per_step=2, pad_texels=2).updated(**changes)
+    return Config(prompt="-", steps=40, texture_size=64, render_size=32, views_per_step=2, pad_texels=2,
+                  learning_rate=0.1).updated(**changes)
 
 
 # --- parameterisation and sampling ---------------------------------------------------------------
@@ -69,7 +70,7 @@ def test_mip_sampling_averages_the_footprint() -> None:
 def test_hybrid_texture_is_continuous_across_uv_charts() -> None:
     """The same surface point reached through two different UVs (two charts) gets the same value
     from the grids; only the fine UV detail can differ."""
-    texture = HybridTexture(32)
+    texture = HybridTexture(256)
     with torch.no_grad():
         for grid in texture.grids:
             grid.normal_()
@@ -175,3 +176,20 @@ def test_seams_drift_and_recovery_beat_the_old_recipe(sphere) -> None:
     new_band, old_band = results["new"][1], results["old"][1]
     assert new_band["roughness_p5"] >= 0.35 and new_band["metallic_p95"] <= 0.15
     assert old_band["roughness_p5"] < 0.35 or old_band["metallic_p95"] > 0.15
+
+
+@pytest.mark.slow
+def test_materials_are_recovered_under_environment_light(sphere) -> None:
+    """Known maps (roughness 0.15-0.85, metallic 0/1 regions) rendered under the environments and
+    optimised with the photometric objective: roughness comes back (identifiable, not just plausible,
+    and far better than today's recipe under its own light) and albedo is close. Metallic is not
+    pinned here: under soft environment light and the prior it is not recovered yet (bench/quality.py
+    prints it)."""
+    want = material_reference(sphere, 64)
+    objective = PhotometricObjective(Surface.from_mesh(sphere, "cpu"), ImageTexture.from_maps(want),
+                                     get_rasterizer("torch"))
+    errors = {name: map_errors(run_recipe(sphere, objective, config)[0], want)
+              for name, config in (("old", small(**LEGACY_RECIPE, steps=80)), ("new", small(steps=80)))}
+    print(errors)
+    assert errors["new"]["roughness_mae"] < 0.1 < errors["old"]["roughness_mae"]
+    assert errors["new"]["albedo_psnr_db"] > 22
