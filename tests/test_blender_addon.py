@@ -23,6 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PRIOR = ROOT / "tests" / "data" / "tiny-prior"
+SKINNED_ARM = ROOT / "tests" / "data" / "meshes" / "scenes" / "skinned_arm.glb"
 BLENDER_SITE = ROOT / "build" / "blender-python"
 TIMEOUT_S = 600
 
@@ -77,9 +78,24 @@ arm.parent = rig
 arm.matrix_parent_inverse = rig.matrix_world.inverted()
 arm.modifiers.new("Armature", "ARMATURE").object = rig
 
+# The project's skinned, animated two-material arm, as Blender's glTF importer brings it in
+# (armature modifier, vertex groups, action), moved aside.
+bpy.ops.object.select_all(action="DESELECT")
+bpy.ops.import_scene.gltf(filepath=args["skinned"])
+imported = list(bpy.context.selected_objects)
+for obj in imported:
+    if obj.parent is None:
+        obj.location.x += 7.0
+imported_meshes = [o for o in imported if o.type == "MESH"]
+imported_rig = next(o for o in imported if o.type == "ARMATURE")
+for obj in imported_meshes:
+    obj.name = "Imported" + obj.name
+textured = [cube, arm, *imported_meshes]
+rigs = {"Rig": rig, "ImportedRig": imported_rig}
+
 def snapshot():
     objects = {}
-    for obj in (cube, arm):
+    for obj in textured:
         mesh = obj.data
         uv = mesh.uv_layers.get("csd_texture")
         polygons = []
@@ -105,6 +121,7 @@ def snapshot():
                               "nodes": len(tree.nodes)})
         objects[obj.name] = {
             "modifiers": [m.type for m in obj.modifiers],
+            "armature": next((m.object.name for m in obj.modifiers if m.type == "ARMATURE" and m.object), None),
             "parent": obj.parent.name if obj.parent else None,
             "uv_layers": [layer.name for layer in mesh.uv_layers],
             "active_uv": mesh.uv_layers.active.name if mesh.uv_layers.active else None,
@@ -112,12 +129,14 @@ def snapshot():
             "polygons": polygons, "materials": materials,
             "uv_range": [min(d.uv[i] for d in uv.data for i in (0, 1)), max(d.uv[i] for d in uv.data for i in (0, 1))] if uv else None,
         }
-    objects["Rig"] = {"action": rig.animation_data.action.name if rig.animation_data and rig.animation_data.action else None,
-                      "bones": [b.name for b in rig.data.bones]}
+    for name, armature in rigs.items():
+        action = armature.animation_data.action if armature.animation_data else None
+        objects[name] = {"action": action.name if action else None, "bones": [b.name for b in armature.data.bones]}
     return objects
 
 bpy.ops.object.select_all(action="DESELECT")
-cube.select_set(True); arm.select_set(True)
+for obj in textured:
+    obj.select_set(True)
 bpy.context.view_layer.objects.active = cube
 scene = bpy.context.scene.csd_texture
 scene.prompt, scene.preset, scene.steps, scene.seed, scene.texture_size = "a red box", "fast", 2, 3, 64
@@ -170,6 +189,7 @@ def textured(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     (folder / "driver.py").write_text(DRIVER)
     report = folder / "report.json"
     args = {"zip": str(addon), "executable": str(cli), "model": str(TINY_PRIOR), "report": str(report),
+            "skinned": str(SKINNED_ARM),
             "missing_model": str(folder / "no-such-model")}
     env = {**os.environ, "BLENDER_USER_CONFIG": str(folder / "config"), "BLENDER_USER_SCRIPTS": str(folder / "scripts"),
            "OMP_NUM_THREADS": "1"}
@@ -195,6 +215,11 @@ def test_addon_zip_holds_the_module(tmp_path: Path) -> None:
 
 
 
+def meshes(snapshot: dict, prefix: str = "") -> list[str]:
+    """The textured mesh objects of a driver snapshot (Cube, Arm, Imported...)."""
+    return [name for name in snapshot if name.startswith(prefix) and not name.endswith("Rig")]
+
+
 @pytest.mark.blender
 @pytest.mark.slow
 def test_failed_run_reports_the_cli_error_and_leaves_the_file(textured: dict) -> None:
@@ -209,7 +234,11 @@ def test_texture_selected_wires_maps_into_the_objects_own_materials(textured: di
     assert textured["result"] == ["FINISHED"]
     after = textured["after"]
     assert after["Cube"]["materials"][0]["name"] == "CubeMaterial"  # its own material, not a new one
-    for name in ("Cube", "Arm"):
+    imported = meshes(after, "Imported")
+    assert imported and sum(len(after[n]["materials"]) for n in imported) >= 2  # the two-material arm
+    for name in imported:  # its own materials, each wired
+        assert [m["name"] for m in after[name]["materials"]] == [m["name"] for m in textured["before"][name]["materials"]]
+    for name in meshes(after):
         for material in after[name]["materials"]:
             links, upstream = material["links"], material["upstream"]
             assert links["Base Color"] == ["ShaderNodeTexImage", "Color", "sRGB"], links
@@ -229,7 +258,7 @@ def test_texture_selected_wires_maps_into_the_objects_own_materials(textured: di
 def test_uv_map_follows_the_output_atlas(textured: dict) -> None:
     """Every face gets a non-degenerate piece of the atlas with one texel density (xatlas packs
     charts at a uniform scale): a corner looked up on the wrong output face breaks this."""
-    for name in ("Cube", "Arm"):
+    for name in meshes(textured["after"]):
         data = textured["after"][name]
         assert data["uv_layers"][-1] == "csd_texture" and data["active_uv"] == "csd_texture"
         low, high = data["uv_range"]
@@ -245,9 +274,13 @@ def test_objects_modifiers_armature_and_animation_are_kept(textured: dict) -> No
     before, after = textured["before"], textured["after"]
     assert after["Cube"]["modifiers"] == ["SUBSURF"]
     assert after["Arm"]["modifiers"] == ["ARMATURE"] and after["Arm"]["parent"] == "Rig"
-    assert after["Rig"] == before["Rig"] and after["Rig"]["action"]
-    for name in ("Cube", "Arm"):
+    for rig in ("Rig", "ImportedRig"):
+        assert after[rig] == before[rig] and after[rig]["action"], rig
+    for name in meshes(after, "Imported"):
+        assert after[name]["armature"] == before[name]["armature"] and "ARMATURE" in after[name]["modifiers"]
+    for name in meshes(after):
         assert after[name]["vertices"] == before[name]["vertices"]
+        assert after[name]["modifiers"] == before[name]["modifiers"]
 
 
 def addon_run_module():
