@@ -140,6 +140,8 @@ for obj in textured:
 bpy.context.view_layer.objects.active = cube
 scene = bpy.context.scene.csd_texture
 scene.prompt, scene.preset, scene.steps, scene.seed, scene.texture_size = "a red box", "fast", 2, 3, 64
+part = scene.parts.add()
+part.material, part.prompt = "Sleeve", "a blue sleeve"  # the CLI refuses a --part that matches no material
 report = {"before": snapshot(), "images_before": len(bpy.data.images)}
 
 prefs.model = args["missing_model"]  # a failing run first: the file must stay as it was
@@ -281,6 +283,21 @@ def test_objects_modifiers_armature_and_animation_are_kept(textured: dict) -> No
     for name in meshes(after):
         assert after[name]["vertices"] == before[name]["vertices"]
         assert after[name]["modifiers"] == before[name]["modifiers"]
+
+
+def test_runner_command_asks_for_one_atlas_and_literal_material_prompts() -> None:
+    import fnmatch
+
+    run = addon_run_module()
+    settings = run.Settings(prompt="a chair", parts=[("Seat*[1]", "red leather"), ("Leg", "oak")])
+    command = settings.command("csd-texture", Path("in.glb"), Path("out.glb"), Path("maps"))
+    assert command[command.index("--atlas") + 1] == "shared"  # one set of maps for every material
+    parts = [command[i + 1] for i, arg in enumerate(command) if arg == "--part"]
+    assert parts == ["Seat[*][[]1]=red leather", "Leg=oak"]
+    pattern = parts[0].partition("=")[0]
+    assert fnmatch.fnmatchcase("Seat*[1]", pattern) and not fnmatch.fnmatchcase("Seat 2[1]", pattern)
+    with pytest.raises(ValueError, match="without '='"):
+        run.Settings(prompt="x", parts=[("a=b", "y")]).command("csd-texture", Path("i"), Path("o"), Path("m"))
 
 
 def addon_run_module():

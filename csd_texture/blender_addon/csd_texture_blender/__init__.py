@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import BoolProperty, CollectionProperty, EnumProperty, IntProperty, PointerProperty, StringProperty
 
 from .run import Run, Settings, find_executable
 
@@ -50,6 +50,11 @@ class CSDTexturePreferences(bpy.types.AddonPreferences):
             self.layout.prop(self, name)
 
 
+class CSDTexturePart(bpy.types.PropertyGroup):
+    material: StringProperty(name="Material", description="Faces with this material get their own prompt")
+    prompt: StringProperty(name="Prompt", description="What this material's faces show")
+
+
 class CSDTextureSettings(bpy.types.PropertyGroup):
     prompt: StringProperty(name="Prompt", description="Describe the texture, e.g. a weathered oak chair")
     negative_prompt: StringProperty(name="Negative", description="What to keep out of the texture")
@@ -60,6 +65,7 @@ class CSDTextureSettings(bpy.types.PropertyGroup):
                               description="Square texture size in pixels (0: the preset's)")
     keep_uv: BoolProperty(name="Keep UVs", default=False,
                           description="Use the meshes' own UVs when valid instead of unwrapping")
+    parts: CollectionProperty(type=CSDTexturePart, name="Per-material prompts")
 
 
 def _settings(context) -> Settings:
@@ -68,7 +74,8 @@ def _settings(context) -> Settings:
     return Settings(prompt=props.prompt, negative_prompt=props.negative_prompt, preset=props.preset,
                     steps=props.steps, seed=props.seed, texture_size=props.texture_size, keep_uv=props.keep_uv,
                     model=bpy.path.abspath(prefs.model) if prefs.model.startswith("//") else prefs.model,
-                    device=prefs.device, extra_args=shlex.split(prefs.extra_args))
+                    device=prefs.device, extra_args=shlex.split(prefs.extra_args),
+                    parts=[(p.material, p.prompt) for p in props.parts if p.material and p.prompt.strip()])
 
 
 class CSDTEXTURE_OT_texture_selected(bpy.types.Operator):
@@ -106,7 +113,8 @@ class CSDTEXTURE_OT_texture_selected(bpy.types.Operator):
         try:
             bpy.ops.export_scene.gltf(filepath=str(mesh), export_format="GLB", use_selection=True,
                                       export_apply=False, export_skins=False, export_animations=False,
-                                      export_morph=False, export_materials="NONE")
+                                      export_morph=False, export_materials="EXPORT",  # names, for --part
+                                      export_image_format="NONE")
             cls.running = Run(settings.command(executable, mesh, self.output, self.maps))
         except Exception as exc:  # noqa: BLE001 - shown to the user, file unchanged
             return self._fail(f"csd-texture: {exc}")
@@ -168,6 +176,29 @@ class CSDTEXTURE_OT_texture_selected(bpy.types.Operator):
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+class CSDTEXTURE_OT_part_add(bpy.types.Operator):
+    """Give the faces of one material their own prompt"""
+
+    bl_idname = "csd_texture.part_add"
+    bl_label = "Add material prompt"
+
+    def execute(self, context):
+        context.scene.csd_texture.parts.add()
+        return {"FINISHED"}
+
+
+class CSDTEXTURE_OT_part_remove(bpy.types.Operator):
+    """Remove this material prompt"""
+
+    bl_idname = "csd_texture.part_remove"
+    bl_label = "Remove material prompt"
+    index: IntProperty()
+
+    def execute(self, context):
+        context.scene.csd_texture.parts.remove(self.index)
+        return {"FINISHED"}
+
+
 class CSDTEXTURE_OT_cancel(bpy.types.Operator):
     """Stop the running csd-texture job"""
 
@@ -193,6 +224,14 @@ class CSDTEXTURE_PT_panel(bpy.types.Panel):
         props, layout = context.scene.csd_texture, self.layout
         for name in ("prompt", "negative_prompt", "preset", "steps", "seed", "texture_size", "keep_uv"):
             layout.prop(props, name)
+        box = layout.box()
+        box.label(text="Per-material prompts")
+        for index, part in enumerate(props.parts):
+            row = box.row(align=True)
+            row.prop_search(part, "material", bpy.data, "materials", text="")
+            row.prop(part, "prompt", text="")
+            row.operator(CSDTEXTURE_OT_part_remove.bl_idname, text="", icon="X").index = index
+        box.operator(CSDTEXTURE_OT_part_add.bl_idname, icon="ADD")
         run = CSDTEXTURE_OT_texture_selected.running
         if run is None:
             layout.operator(CSDTEXTURE_OT_texture_selected.bl_idname, icon="BRUSH_DATA")
@@ -201,8 +240,8 @@ class CSDTEXTURE_PT_panel(bpy.types.Panel):
             layout.operator(CSDTEXTURE_OT_cancel.bl_idname, icon="CANCEL")
 
 
-CLASSES = (CSDTexturePreferences, CSDTextureSettings, CSDTEXTURE_OT_texture_selected, CSDTEXTURE_OT_cancel,
-           CSDTEXTURE_PT_panel)
+CLASSES = (CSDTexturePreferences, CSDTexturePart, CSDTextureSettings, CSDTEXTURE_OT_texture_selected,
+           CSDTEXTURE_OT_part_add, CSDTEXTURE_OT_part_remove, CSDTEXTURE_OT_cancel, CSDTEXTURE_PT_panel)
 
 
 def register():

@@ -19,6 +19,11 @@ STEP = re.compile(r"texturing:.*?(\d+)/(\d+)")
 BLENDER_PYTHON_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONSTARTUP")
 
 
+def glob_literal(name: str) -> str:
+    """`name` as a glob that matches only itself (csd-texture's --part patterns are globs)."""
+    return re.sub(r"([*?[])", r"[\1]", name)
+
+
 def find_executable() -> str:
     """`csd-texture` on PATH, or "" when it is not there."""
     return shutil.which("csd-texture") or ""
@@ -37,11 +42,13 @@ class Settings:
     keep_uv: bool = False
     model: str = ""
     device: str = "auto"
+    parts: list[tuple[str, str]] = field(default_factory=list)  # (material name, prompt)
     extra_args: list[str] = field(default_factory=list)
 
     def command(self, executable: str, mesh: Path, output: Path, maps: Path) -> list[str]:
+        # One atlas for every material: the add-on wires the same maps into each of them.
         args = [executable, "texture", str(mesh), self.prompt, "-o", str(output), "--save-maps", str(maps),
-                "--preset", self.preset, "--seed", str(self.seed)]
+                "--preset", self.preset, "--seed", str(self.seed), "--atlas", "shared"]
         if self.negative_prompt:
             args += ["--negative-prompt", self.negative_prompt]
         if self.steps > 0:
@@ -54,6 +61,10 @@ class Settings:
             args += ["--model", self.model]
         if self.device and self.device != "auto":
             args += ["--device", self.device]
+        for material, prompt in self.parts:
+            if "=" in material:
+                raise ValueError(f"material {material!r}: a per-material prompt needs a name without '='")
+            args += ["--part", f"{glob_literal(material)}={prompt}"]
         return args + list(self.extra_args)
 
 
