@@ -259,6 +259,19 @@ def test_a_gltf_reference_leaving_its_upload_fails_the_job(served) -> None:
     assert job["state"] == "failed" and "secret.bin" in job["error"], job
 
 
+def test_per_part_prompts_by_material(served) -> None:
+    """`parts` in the settings reach the run: a material prompt is used, and one that matches no
+    material fails the job with the CLI's message naming the materials there are."""
+    client, _ = served
+    arm = (DATA / "meshes" / "scenes" / "skinned_arm.glb").read_bytes()
+    status, reply = client.submit(arm, "arm.glb", settings={**FAST, "parts": ["Sleeve=a blue sleeve"]})
+    assert status == 202, reply
+    assert client.wait(reply["id"])["state"] == "done"
+    status, reply = client.submit(arm, "arm.glb", settings={**FAST, "parts": ["Nope=a blue sleeve"]})
+    job = client.wait(reply["id"])
+    assert job["state"] == "failed" and "'Nope' match no material" in job["error"] and "Sleeve" in job["error"], job
+
+
 def test_cancel_stops_a_running_job(served) -> None:
     client, _ = served
     status, reply = client.submit(FUZE.read_bytes(), "fuze.obj", settings={**FAST, "steps": 5000})

@@ -157,6 +157,8 @@ $("form").addEventListener("submit", async (event) => {
   }
   if ($("negative_prompt").value) settings.negative_prompt = $("negative_prompt").value;
   if ($("keep_uv").checked) settings.keep_uv = true;
+  const parts = $("parts").value.split("\n").map((line) => line.trim()).filter(Boolean);
+  if (parts.length) settings.parts = parts;
   const file = $("mesh").files[0];
   const { max_upload_bytes: limit } = await (await fetch("/api/info")).json();
   if (file.size > limit) {  // the server would refuse it; say so before sending it
