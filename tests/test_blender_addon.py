@@ -108,15 +108,20 @@ def snapshot():
         for slot in obj.material_slots:
             tree = slot.material.node_tree
             bsdf = next(n for n in tree.nodes if n.type == "BSDF_PRINCIPLED")
-            links = {l.to_socket.name: [l.from_node.bl_idname, l.from_socket.name,
-                                        l.from_node.image.colorspace_settings.name if l.from_node.type == "TEX_IMAGE" else None]
-                     for l in tree.links if l.to_node == bsdf}
+
+            def colour_space(node):
+                return node.image.colorspace_settings.name if node.type == "TEX_IMAGE" else None
+
+            links = {link.to_socket.name: [link.from_node.bl_idname, link.from_socket.name,
+                                           colour_space(link.from_node)]
+                     for link in tree.links if link.to_node == bsdf}
             upstream = {}
-            for l in tree.links:
-                if l.to_node.bl_idname in ("ShaderNodeSeparateColor", "ShaderNodeSeparateRGB", "ShaderNodeTexImage"):
-                    upstream[l.to_node.name + ":" + l.to_socket.name] = [l.from_node.bl_idname, getattr(l.from_node, "uv_map", None),
-                        getattr(getattr(l.from_node, "image", None), "colorspace_settings", None) and l.from_node.image.colorspace_settings.name,
-                        getattr(getattr(l.from_node, "image", None), "packed_file", None) is not None]
+            for link in tree.links:
+                source = link.from_node
+                if link.to_node.bl_idname in ("ShaderNodeSeparateColor", "ShaderNodeSeparateRGB", "ShaderNodeTexImage"):
+                    upstream[link.to_node.name + ":" + link.to_socket.name] = [
+                        source.bl_idname, getattr(source, "uv_map", None), colour_space(source),
+                        source.type == "TEX_IMAGE" and source.image.packed_file is not None]
             materials.append({"name": slot.material.name, "links": links, "upstream": upstream,
                               "nodes": len(tree.nodes)})
         objects[obj.name] = {
@@ -127,7 +132,7 @@ def snapshot():
             "active_uv": mesh.uv_layers.active.name if mesh.uv_layers.active else None,
             "vertices": [tuple(round(c, 6) for c in v.co) for v in mesh.vertices],
             "polygons": polygons, "materials": materials,
-            "uv_range": [min(d.uv[i] for d in uv.data for i in (0, 1)), max(d.uv[i] for d in uv.data for i in (0, 1))] if uv else None,
+            "uv_range": [min(min(d.uv) for d in uv.data), max(max(d.uv) for d in uv.data)] if uv else None,
         }
     for name, armature in rigs.items():
         action = armature.animation_data.action if armature.animation_data else None
@@ -199,7 +204,8 @@ def textured(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         env["PYTHONPATH"] = str(BLENDER_SITE)
     proc = subprocess.run([*command, str(folder / "driver.py"), "--", json.dumps(args)],
                           capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
-    assert proc.returncode == 0 and report.is_file(), f"blender failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0 and report.is_file(), \
+        f"blender failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return json.loads(report.read_text())
 
 
@@ -239,7 +245,8 @@ def test_texture_selected_wires_maps_into_the_objects_own_materials(textured: di
     imported = meshes(after, "Imported")
     assert imported and sum(len(after[n]["materials"]) for n in imported) >= 2  # the two-material arm
     for name in imported:  # its own materials, each wired
-        assert [m["name"] for m in after[name]["materials"]] == [m["name"] for m in textured["before"][name]["materials"]]
+        names = [m["name"] for m in textured["before"][name]["materials"]]
+        assert [m["name"] for m in after[name]["materials"]] == names
     for name in meshes(after):
         for material in after[name]["materials"]:
             links, upstream = material["links"], material["upstream"]

@@ -105,7 +105,8 @@ class CSDTEXTURE_OT_texture_selected(bpy.types.Operator):
             self.report({"ERROR"}, "csd-texture: enter a prompt first")
             return {"CANCELLED"}
         if not executable or shutil.which(executable) is None:
-            self.report({"ERROR"}, f"csd-texture: executable {executable!r} not found; set it in the add-on preferences")
+            self.report({"ERROR"}, f"csd-texture: executable {executable!r} not found; "
+                                   "set it in the add-on preferences")
             return {"CANCELLED"}
         self.folder = Path(tempfile.mkdtemp(prefix="csd_texture_"))
         mesh, self.output, self.maps = self.folder / "input.glb", self.folder / "output.glb", self.folder / "maps"
