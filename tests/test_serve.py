@@ -307,6 +307,7 @@ def test_unknown_jobs_and_downloads_are_404(served) -> None:
     assert client.json("GET", "/api/jobs/..%2F..%2Fetc/result.glb")[0] == 404
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_missing_model_in_one_line(tmp_path: Path) -> None:
     cli = Path(sys.executable).with_name("csd-texture")
     proc = subprocess.run([str(cli), "serve", "--model", str(tmp_path / "nothing"), "--data-dir", str(tmp_path / "d"),
