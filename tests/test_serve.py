@@ -188,6 +188,7 @@ def test_a_bad_mesh_fails_its_job_with_the_cli_message(served, tmp_path: Path) -
     ("fuze.obj", FAST, "  ", "prompt is required"),
     ("fuze.obj", {"stepz": 3}, "a can", "stepz"),
     ("fuze.obj", {"model": "/elsewhere"}, "a can", "model cannot be set per job"),
+    ("fuze.obj", {"edit": True, "region": "/etc/hostname"}, "a can", "region cannot be set per job"),
     ("fuze.obj", {"texture_size": 2}, "a can", "texture_size"),
 ])
 def test_bad_requests_are_refused_in_one_line(served, filename, settings, prompt, fragment) -> None:

@@ -34,9 +34,10 @@ from .uploads import store_upload, upload_suffix
 from .worker import DOWNLOADS, PREVIEW, RESULT, Workers
 
 log = logging.getLogger(__name__)
-# Settings a client may not change: the server loaded its model once, on its devices.
+# Settings a client may not change: the server loaded its model once, on its devices; and `region`
+# names a file on the server, which a client must never choose (it could probe any path).
 SERVER_SETTINGS = frozenset({"model", "model_revision", "model_family", "model_config", "loras", "controlnet",
-                             "device", "renderer", "prompt"})
+                             "device", "renderer", "prompt", "region"})
 STATIC = resources.files(__package__) / "static"
 
 
