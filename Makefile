@@ -2,9 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-MODEL ?=
+# The small pattern prior that ships with the tests (offline, about a minute on a 2-core CPU);
+# MODEL= (empty) uses the default Stable Diffusion model instead (downloads about 5 GB once).
+MODEL ?= tests/data/pattern-prior
 PROMPT ?= a red and white striped soda can
-DEMO_ARGS ?= --preset fast
+DEMO_ARGS ?= $(if $(filter tests/data/%,$(MODEL)),--steps 150 --texture-size 256 --render-size 64 --seed 0,--preset fast)
 
 .PHONY: install test test-fast demo clean
 
@@ -25,8 +27,9 @@ test: install
 	$(BIN)/python -m pytest -q
 
 demo: install
+	@echo "make demo: model $(or $(MODEL),default (Stable Diffusion 2.1-base)); MODEL=FOLDER_OR_ID picks another, MODEL= the default"
 	mkdir -p out
-	$(BIN)/csd-texture assets/fuze.obj "$(PROMPT)" -o out/demo.glb --save-maps out/demo-maps \
+	$(BIN)/csd-texture assets/fuze.obj "$(PROMPT)" -o out/demo.glb --save-maps out/demo-maps --preview out/demo.png \
 		$(if $(MODEL),--model $(MODEL)) $(DEMO_ARGS)
 
 clean:
