@@ -16,7 +16,7 @@ diffusers folder format of a real model (`StableDiffusionPipeline.from_pretraine
   environment (bright sky above a dark ground with a horizon that blurs with roughness, so metals
   reflect it), 10% unlit views (plain albedo) as the texturing loop renders them. This renderer
   is written here, in vectorised torch, on purpose: analytic ray casting of three shapes draws
-  ~1000 images per second on one core, and the data does not change when the texturing renderer
+  about 100 images per second on one busy core, and the data does not change when the texturing renderer
   does.
 * captions name what the image shows, each part left out at random: material adjective
   (matte / glossy, shiny / shiny, polished), colour(s) ("red", "red and white"), pattern
@@ -40,7 +40,7 @@ Usage (one CPU thread, see tests/data/pattern-prior/README.md for the figures):
     python tools/train_pattern_prior.py --out tests/data/pattern-prior --seed 0 --minutes 60
 
 `--eval-only` measures an existing folder (samples per caption judged by the classifiers in
-`csd_texture.testing`, VAE reconstruction error per pattern) and adds the figures to its
+`csd_texture.pattern_metrics`, VAE reconstruction error per pattern) and adds the figures to its
 train_report.json.
 """
 from __future__ import annotations
