@@ -56,8 +56,13 @@ def soups(draw):
 @given(soups())
 def test_mesh_repair_matches_trimesh_on_random_soups(case) -> None:
     mesh, soup, repeated, degenerate = case
-    logging.getLogger("csd_texture").setLevel(logging.ERROR)  # the repairs warn, as they should
-    data = load_mesh(soup)
+    package = logging.getLogger("csd_texture")
+    level = package.level
+    package.setLevel(logging.ERROR)  # the repairs warn, as they should; restored so later tests see warnings
+    try:
+        data = load_mesh(soup)
+    finally:
+        package.setLevel(level)
     repaired = trimesh.Trimesh(data.vertices, data.faces, process=False)
 
     reference = soup.copy()  # trimesh's answer: weld, drop duplicate and degenerate faces, fix winding
