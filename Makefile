@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 # MODEL= (empty) uses the default Stable Diffusion model instead (downloads about 5 GB once).
 MODEL ?= tests/data/pattern-prior
 PROMPT ?= a red and white striped soda can
-DEMO_ARGS ?= $(if $(filter tests/data/%,$(MODEL)),--steps 150 --texture-size 256 --render-size 64 --seed 0,--preset fast)
+# fuze.obj stands along +Z. The test priors' vocabulary lacks the default negative prompt's words
+# (unknown words give them an untrained embedding that pushes the hue off), so they run without it.
+DEMO_ARGS ?= --up-axis z $(if $(filter tests/data/%,$(MODEL)),--steps 150 --texture-size 256 --render-size 64 --seed 0 --negative-prompt "",--preset fast)
 
 .PHONY: install test test-fast demo clean
 
@@ -25,6 +27,11 @@ install: $(VENV)/.installed
 test: install
 	bash tools/install_test_deps.sh
 	$(BIN)/python -m pytest -q
+
+# The suite without the long end-to-end runs (marked slow), for quick local checks; `make test` runs everything.
+test-fast: install
+	bash tools/install_test_deps.sh
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: install
 	@echo "make demo: model $(or $(MODEL),default (Stable Diffusion 2.1-base)); MODEL=FOLDER_OR_ID picks another, MODEL= the default"
