@@ -237,15 +237,9 @@ def mean_color_hsv(images) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tenso
     rgb = rgb.double()
     if rgb.ndim not in (3, 4) or rgb.shape[-1] != 3:
         raise ValueError(f"expected images of shape (H, W, 3) or (B, H, W, 3), got {tuple(rgb.shape)}")
-    mean = rgb.mean(dim=(-3, -2))
-    r, g, b = mean.unbind(-1)
-    v, _ = mean.max(-1)
-    c = v - mean.min(-1).values
-    safe = torch.where(c > 0, c, torch.ones_like(c))
-    h = torch.where(v == r, ((g - b) / safe) % 6, torch.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    h = torch.where(c > 0, h * 60.0, torch.zeros_like(h)) % 360.0
-    s = torch.where(v > 0, c / torch.where(v > 0, v, torch.ones_like(v)), torch.zeros_like(v))
-    return h, s, v
+    from .pattern_metrics import rgb_to_hsv
+
+    return rgb_to_hsv(rgb.mean(dim=(-3, -2)))
 
 
 def mean_hue_degrees(images) -> "torch.Tensor":
