@@ -335,3 +335,23 @@ def save_single_file(folder: str | Path, path: str | Path) -> Path:
     path = Path(path)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path
+
+
+def textured_red_ball(path: Path, size: int = 32, subdivisions: int = 2) -> Path:
+    """Write an icosphere with a uniform red `size` x `size` base colour texture (linear
+    (0.5, 0.04, 0.04): no channel at exactly 0, where the texture's sigmoid is flat) to `path`
+    (.glb), recorded as made from "a red ball": a source for edit and region-repaint tests."""
+    import numpy as np
+    import trimesh
+
+    from .datatypes import PBRMaps
+    from .export import export_textured_mesh
+    from .mesh_io import load_mesh
+    from .uv import prepare_uv
+
+    mesh = prepare_uv(load_mesh(trimesh.creation.icosphere(subdivisions=subdivisions)), texture_size=size)
+    red = np.full((size, size, 3), 0.04, np.float32)
+    red[..., 0] = 0.5
+    maps = PBRMaps(albedo=red, roughness=np.full((size, size, 1), 0.6, np.float32),
+                   metallic=np.zeros((size, size, 1), np.float32), coverage=np.ones((size, size), bool))
+    return export_textured_mesh(mesh, maps, path, {"prompt": "a red ball"})

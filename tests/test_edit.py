@@ -10,13 +10,10 @@ import trimesh
 
 from csd_texture import texture_mesh
 from csd_texture.config import Config, edit_settings
-from csd_texture.datatypes import PBRMaps
 from csd_texture.errors import MeshValidationError
-from csd_texture.export import export_textured_mesh
 from csd_texture.mesh_io import load_mesh
 from csd_texture.render.shading import srgb_to_linear
-from csd_texture.testing import NAMED_HUES, hue_distance, mean_color_hsv
-from csd_texture.uv import prepare_uv
+from csd_texture.testing import NAMED_HUES, hue_distance, mean_color_hsv, textured_red_ball
 
 FUZE = Path(__file__).parent / "data" / "meshes" / "good" / "fuze.obj"
 PRIOR = Path(__file__).parent / "data" / "tiny-prior"
@@ -44,12 +41,7 @@ def test_edit_settings_follow_the_paper() -> None:
 
 def red_ball(folder: Path, size: int = 32) -> Path:
     """An icosphere with a uniform red base colour texture (sRGB (0.5, 0.04, 0.04) before export)."""
-    mesh = prepare_uv(load_mesh(trimesh.creation.icosphere(subdivisions=2)), texture_size=size)
-    red = np.full((size, size, 3), 0.04, np.float32)  # no channel at exactly 0, where the sigmoid is flat
-    red[..., 0] = 0.5
-    maps = PBRMaps(albedo=red, roughness=np.full((size, size, 1), 0.6, np.float32),
-                   metallic=np.zeros((size, size, 1), np.float32), coverage=np.ones((size, size), bool))
-    return export_textured_mesh(mesh, maps, folder / "red.glb", {"prompt": "a red ball"})
+    return textured_red_ball(folder / "red.glb", size=size, subdivisions=2)
 
 
 def test_edit_moves_the_texture_towards_the_prompt_hue(tmp_path: Path) -> None:

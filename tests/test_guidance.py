@@ -1,6 +1,8 @@
 """CSD guidance: model loading, the gradient formula, prompts and the loss's gradient."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -131,9 +133,9 @@ def test_separate_unet_calls_give_the_batched_gradient(tiny_model_dir: str, tiny
     assert torch.allclose(batched, one_by_one, atol=1e-5)
 
 
-def test_a_library_error_is_not_called_a_missing_download(tiny_model_dir: str, tmp_path) -> None:
-    """A block type this diffusers does not know (what a model made for a newer diffusers looks like):
-    the message names the libraries and keeps the cause chained for --verbose."""
+def _newer_model(tiny_model_dir: str, tmp_path) -> Path:
+    """A copy of the tiny model whose UNet names a block type this diffusers does not know
+    (what a model made for a newer diffusers looks like)."""
     import json
     import shutil
 
@@ -143,6 +145,13 @@ def test_a_library_error_is_not_called_a_missing_download(tiny_model_dir: str, t
     config = json.loads(config_path.read_text())
     config["down_block_types"] = ["NoSuchDownBlock2D"] * len(config["down_block_types"])
     config_path.write_text(json.dumps(config))
+    return folder
+
+
+def test_a_library_error_is_not_called_a_missing_download(tiny_model_dir: str, tmp_path) -> None:
+    """A block type this diffusers does not know (what a model made for a newer diffusers looks like):
+    the message names the libraries and keeps the cause chained for --verbose."""
+    folder = _newer_model(tiny_model_dir, tmp_path)
     with pytest.raises(ModelLoadError) as error:
         CSDGuidance.from_pretrained(str(folder))
     message = str(error.value)
@@ -152,19 +161,11 @@ def test_a_library_error_is_not_called_a_missing_download(tiny_model_dir: str, t
 
 
 def test_cli_verbose_shows_the_cause_of_a_model_error(tiny_model_dir: str, tmp_path) -> None:
-    import json
-    import shutil
-
     from click.testing import CliRunner
 
     from csd_texture_cli.main import main
 
-    folder = tmp_path / "newer-model"
-    shutil.copytree(tiny_model_dir, folder)
-    config_path = folder / "unet" / "config.json"
-    config = json.loads(config_path.read_text())
-    config["down_block_types"] = ["NoSuchDownBlock2D"] * len(config["down_block_types"])
-    config_path.write_text(json.dumps(config))
+    folder = _newer_model(tiny_model_dir, tmp_path)
     mesh = tmp_path / "box.obj"
     import trimesh
 

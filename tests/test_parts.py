@@ -18,14 +18,13 @@ from PIL import Image
 
 from csd_texture import texture_mesh
 from csd_texture.config import Config, load_config
-from csd_texture.datatypes import PBRMaps
 from csd_texture.errors import ConfigError
-from csd_texture.export import export_textured_mesh, read_metadata
+from csd_texture.export import read_metadata
 from csd_texture.guidance.csd import GuidanceWeights
 from csd_texture.guidance.regional import assign_parts, latent_masks
 from csd_texture.mesh_io import load_mesh
 from csd_texture.regions import face_region, feathered
-from csd_texture.testing import NAMED_HUES, hue_distance, mean_color_hsv
+from csd_texture.testing import NAMED_HUES, hue_distance, mean_color_hsv, textured_red_ball
 from csd_texture.uv import prepare_uv
 
 PRIOR = Path(__file__).parent / "data" / "tiny-prior"
@@ -50,12 +49,7 @@ def halves(path: Path) -> Path:
 
 def red_ball(folder: Path) -> Path:
     """An icosphere with a uniform red SIZE x SIZE base colour texture."""
-    mesh = prepare_uv(load_mesh(trimesh.creation.icosphere(subdivisions=3)), texture_size=SIZE)
-    red = np.full((SIZE, SIZE, 3), 0.04, np.float32)  # no channel at exactly 0, where the sigmoid is flat
-    red[..., 0] = 0.5
-    maps = PBRMaps(albedo=red, roughness=np.full((SIZE, SIZE, 1), 0.6, np.float32),
-                   metallic=np.zeros((SIZE, SIZE, 1), np.float32), coverage=np.ones((SIZE, SIZE), bool))
-    return export_textured_mesh(mesh, maps, folder / "red.glb", {"prompt": "a red ball"})
+    return textured_red_ball(folder / "red.glb", size=SIZE, subdivisions=3)
 
 
 def left_half_mask(path: Path, size: int = SIZE, mode: str = "L") -> Path:
