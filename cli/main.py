@@ -104,6 +104,9 @@ def settings_options(func: Callable) -> Callable:
         click.option("--texture", "texture_kind", type=click.Choice(["hybrid", "image", "field"]),
                      help="Learnable texture: hybrid (3D grids over the surface + UV detail; seamless; default), "
                           "image (the old UV pyramid) or field (neural field)."),
+        click.option("--normal-map/--no-normal-map", default=None,
+                     help="Also optimise a bump map, written as a tangent-space normal map (glTF normalTexture "
+                          "with tangents; OBJ `norm`) [default: off]."),
         click.option("--lighting", type=click.Choice(["environment", "directional"]),
                      help="Light for optimisation and previews: HDR environments (default) or the old directional light."),
         click.option("--roughness", metavar="V|LO,HI", help="Pin roughness to V or bound it to LO,HI [default: 0.08,1]."),
@@ -170,6 +173,7 @@ def build_config(config_file: Path | None, preset_name: str, options: dict[str, 
         "guidance_scale": options.get("guidance_scale"),
         "learning_rate": options.get("learning_rate"),
         "texture": options.get("texture_kind"),
+        "normal_map": options.get("normal_map"),
         "lighting": options.get("lighting"),
         "roughness": options.get("roughness"),
         "metallic": options.get("metallic"),
@@ -232,7 +236,7 @@ def main() -> None:
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output file: .glb (embedded), .gltf (+.bin and PNGs) or .obj (+.mtl and PNGs).")
 @click.option("--save-maps", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write basecolor/roughness/metallic/orm PNG maps into this folder.")
+              help="Also write basecolor/roughness/metallic/orm (and normal, with --normal-map) PNG maps into this folder.")
 @click.option("--preview", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a PNG contact sheet: 8 views around the mesh, lit and albedo only.")
 @click.option("--turntable", type=click.Path(dir_okay=False, path_type=Path),

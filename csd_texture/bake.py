@@ -100,10 +100,11 @@ def bake_maps(
     device: torch.device | str | None = None,
 ) -> PBRMaps:
     """Evaluate `sample(uv (1, h, S, 2), position (1, h, S, 3))` -> (albedo (..., 3),
-    roughness (..., 1), metallic (..., 1)) at every texel of the UV G-buffer, in row
-    blocks, keep covered texels, pad charts by `pad_texels` and return float32 [0, 1] maps.
-    Runs on `device`, by default the texture's (a `sample` module's parameters), else the
-    rasterizer's.
+    roughness (..., 1), metallic (..., 1)[, tangent-space normal (..., 3) unit]) at every
+    texel of the UV G-buffer, in row blocks, keep covered texels, pad charts by `pad_texels` and
+    return float32 [0, 1] maps (the normal, when there is one, renormalised after padding and
+    encoded n * 0.5 + 0.5). Runs on `device`, by default the texture's (a `sample` module's
+    parameters), else the rasterizer's.
     """
     gbuffer = uv_gbuffer(mesh, size, rasterizer, device if device is not None else _device_of(sample, rasterizer))
     rows = max(1, SAMPLE_TEXELS // size)
@@ -113,14 +114,19 @@ def bake_maps(
             uv = gbuffer.uv[:, top:top + rows]
             outputs = sample(uv, gbuffer.position[:, top:top + rows])
             blocks.append(_stack_channels(outputs, uv.shape[1], size))
-    channels = torch.cat(blocks, dim=0)  # (S, S, 5)
+    channels = torch.cat(blocks, dim=0)  # (S, S, 5) or (S, S, 8) with a normal map
     coverage = gbuffer.mask[0, ..., 0] > 0
-    maps = pad_charts(channels, coverage, pad_texels).clamp(0.0, 1.0).cpu().numpy()
+    padded = pad_charts(channels, coverage, pad_texels)
+    maps = padded[..., :5].clamp(0.0, 1.0).cpu().numpy()
+    normal = None
+    if padded.shape[-1] == 8:
+        normal = (F.normalize(padded[..., 5:], dim=-1, eps=1e-8) * 0.5 + 0.5).clamp(0.0, 1.0).cpu().numpy()
     return PBRMaps(
         albedo=np.ascontiguousarray(maps[..., 0:3]),
         roughness=np.ascontiguousarray(maps[..., 3:4]),
         metallic=np.ascontiguousarray(maps[..., 4:5]),
         coverage=coverage.cpu().numpy(),
+        normal=None if normal is None else np.ascontiguousarray(normal),
     )
 
 
@@ -134,11 +140,12 @@ def _device_of(sample: Sampler, rasterizer: Rasterizer) -> torch.device:
 
 
 def _stack_channels(outputs: tuple[torch.Tensor, ...], height: int, width: int) -> torch.Tensor:
-    """(albedo, roughness, metallic) of any (..., C) shape with height*width texels -> (h, W, 5)."""
-    if len(outputs) != 3:
-        raise ValueError(f"sample must return (albedo, roughness, metallic), got {len(outputs)} values")
+    """(albedo, roughness, metallic[, normal]) of any (..., C) shape with height*width texels ->
+    (h, W, 5), or (h, W, 8) with a normal."""
+    if len(outputs) not in (3, 4):
+        raise ValueError(f"sample must return (albedo, roughness, metallic[, normal]), got {len(outputs)} values")
     parts = []
-    for name, tensor, channels in zip(("albedo", "roughness", "metallic"), outputs, (3, 1, 1)):
+    for name, tensor, channels in zip(("albedo", "roughness", "metallic", "normal"), outputs, (3, 1, 1, 3)):
         if tensor.shape[-1] != channels or tensor.numel() != height * width * channels:
             raise ValueError(
                 f"sample returned {name} of shape {tuple(tensor.shape)}; expected "

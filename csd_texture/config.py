@@ -167,6 +167,7 @@ class Config:
     timestep_min: Schedule = Schedule(0.02, 0.02)
     timestep_max: Schedule = Schedule(0.98, 0.5)
     texture: str = "hybrid"  # "hybrid" (3D grids + UV detail), "image" (old UV pyramid) or "field" (neural field)
+    normal_map: bool = False  # also optimise a UV bump map, exported as a tangent-space normal map
     device: str = "auto"
     renderer: str = "auto"
     keep_uv: bool = False
@@ -241,6 +242,8 @@ class Config:
              f"controlnet must be depth or normal (optionally =ID_OR_FOLDER), got {self.controlnet!r}"),
             (0.0 <= self.unlit_fraction <= 1.0, "unlit_fraction must be within [0, 1]"),
             (0.0 <= self.edit_strength <= 1.0, f"edit_strength must be within [0, 1], got {self.edit_strength}"),
+            (not (self.edit and self.normal_map),
+             "normal_map cannot be used with edit (the source's own normal map is not read); drop one of them"),
             (self.edit or not (self.region or self.region_materials or self.region_nodes),
              "region, region_materials and region_nodes choose what --edit repaints; add --edit (edit=True)"),
             (sum(bool(x) for x in (self.region, self.region_materials, self.region_nodes)) <= 1,

@@ -109,12 +109,14 @@ class GBuffer:
 class PBRMaps:
     """Baked texture maps, (H, W, C) float32 in [0, 1], row 0 = top (v = 1).
     albedo: C=3 linear; roughness: C=1; metallic: C=1; coverage: (H, W) bool, texels
-    inside a UV chart (before padding)."""
+    inside a UV chart (before padding); normal: C=3 tangent-space normal map encoded n * 0.5 + 0.5
+    (glTF's normalTexture; render.tangents' frame), or None without a normal map."""
 
     albedo: np.ndarray
     roughness: np.ndarray
     metallic: np.ndarray
     coverage: np.ndarray
+    normal: np.ndarray | None = None
 
     @property
     def size(self) -> int:

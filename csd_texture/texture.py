@@ -37,6 +37,16 @@ class SurfaceSample(NamedTuple):
     metallic: torch.Tensor
 
 
+class NormalMappedSample(NamedTuple):
+    """A SurfaceSample plus normal (..., 3): the unit tangent-space normal of a normal map
+    (render.tangents' convention). A separate type, so code that unpacks three values keeps working."""
+
+    albedo: torch.Tensor
+    roughness: torch.Tensor
+    metallic: torch.Tensor
+    normal: torch.Tensor
+
+
 class MaterialRange(NamedTuple):
     """Where roughness and metallic may go: (low, high) each, low == high pins the value."""
 
@@ -254,17 +264,21 @@ class ImageTexture(torch.nn.Module):
     """A fixed texture from images (e.g. baked maps or a source material), mip-sampled by the
     footprint when one is given (bilinear at the finest level otherwise).
 
-    albedo: (H, W, 3) linear; roughness, metallic: (H, W, 1); all in [0, 1], row 0 = v 1.
+    albedo: (H, W, 3) linear; roughness, metallic: (H, W, 1); all in [0, 1], row 0 = v 1;
+    normal: (H, W, 3) tangent-space normal map encoded n * 0.5 + 0.5 (as PBRMaps.normal), or None.
     """
 
-    def __init__(self, albedo: torch.Tensor, roughness: torch.Tensor, metallic: torch.Tensor) -> None:
+    def __init__(self, albedo: torch.Tensor, roughness: torch.Tensor, metallic: torch.Tensor,
+                 normal: torch.Tensor | None = None) -> None:
         super().__init__()
-        image = torch.cat([albedo, roughness, metallic], dim=-1).permute(2, 0, 1)[None].float()
-        self.register_buffer("image", image)
+        layers = [albedo, roughness, metallic] + ([normal] if normal is not None else [])
+        self.register_buffer("image", torch.cat(layers, dim=-1).permute(2, 0, 1)[None].float())
+        self.has_normal = normal is not None
 
     @classmethod
     def from_maps(cls, maps: PBRMaps) -> "ImageTexture":
-        return cls(*(torch.from_numpy(np.ascontiguousarray(a)) for a in (maps.albedo, maps.roughness, maps.metallic)))
+        arrays = (maps.albedo, maps.roughness, maps.metallic, maps.normal)
+        return cls(*(None if a is None else torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in arrays))
 
     @classmethod
     def from_srgb(cls, image: np.ndarray, roughness: float = 0.6, metallic: float = 0.0) -> "ImageTexture":
@@ -274,24 +288,75 @@ class ImageTexture(torch.nn.Module):
         return cls(albedo, ones * roughness, ones * metallic)
 
     def forward(self, uv: torch.Tensor, position: torch.Tensor | None = None,
-                footprint: torch.Tensor | None = None) -> SurfaceSample:
+                footprint: torch.Tensor | None = None) -> SurfaceSample | NormalMappedSample:
         levels = [self.image] if footprint is None else mip_pyramid(self.image)
         values = mip_sample(levels, uv, footprint)
-        return SurfaceSample(values[..., :3], values[..., 3:4], values[..., 4:5])
+        sample = SurfaceSample(values[..., :3], values[..., 3:4], values[..., 4:5])
+        if not self.has_normal:
+            return sample
+        return NormalMappedSample(*sample, F.normalize(values[..., 5:8] * 2 - 1, dim=-1, eps=1e-8))
+
+
+class BumpMap(torch.nn.Module):
+    """A learnable height image in UV space, (1, 1, S, S) (row 0 = v 1), read as tangent-space normals.
+
+    Height is in texel widths: the normal of texel (i, j) is normalise(-dh/du, -dh/dv, 1) with the
+    derivatives per texel (Sobel, kornia), so it is a true bump map (integrable normals, no texel
+    can point anywhere on its own). Zero height (the start) is the flat map (0, 0, 1).
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.height = torch.nn.Parameter(torch.zeros(1, 1, size, size))
+
+    def normal_image(self) -> torch.Tensor:
+        """(1, 3, S, S) unit tangent-space normals (x along +u, y along +v, z out of the surface)."""
+        from kornia.filters import spatial_gradient
+
+        gradient = spatial_gradient(self.height, mode="sobel", order=1, normalized=True)[:, 0]  # (1, 2, S, S)
+        d_du, d_dv = gradient[:, 0:1], -gradient[:, 1:2]  # kornia's y runs down the rows, v runs up
+        return F.normalize(torch.cat([-d_du, -d_dv, torch.ones_like(d_du)], 1), dim=1)
+
+    def forward(self, uv: torch.Tensor, footprint: torch.Tensor | None = None) -> torch.Tensor:
+        """uv (B, H, W, 2), footprint (B, H, W, 1) or None -> (B, H, W, 3) unit tangent-space normals."""
+        return F.normalize(mip_sample(mip_pyramid(self.normal_image()), uv, footprint), dim=-1, eps=1e-8)
+
+
+class NormalMappedTexture(torch.nn.Module):
+    """Any texture plus a learnable `BumpMap` (`Config.normal_map`): the base texture's PBR values
+    and the bump map's tangent-space normal, optimised together."""
+
+    def __init__(self, base: torch.nn.Module, size: int) -> None:
+        super().__init__()
+        self.base = base
+        self.bump = BumpMap(size)
+
+    def forward(self, uv: torch.Tensor, position: torch.Tensor | None = None,
+                footprint: torch.Tensor | None = None) -> NormalMappedSample:
+        return NormalMappedSample(*self.base(uv, position, footprint), self.bump(uv, footprint))
+
+    def decay_materials(self, factor: float) -> None:
+        """The base texture's material prior (the bump map has none)."""
+        if hasattr(self.base, "decay_materials"):
+            self.base.decay_materials(factor)
 
 
 TEXTURES = ("hybrid", "image", "field")
 
 
-def make_texture(kind: str, size: int, seed: int = 0, material: MaterialRange = MaterialRange()) -> torch.nn.Module:
-    """The learnable texture for `Config.texture` ("hybrid", "image" or "field")."""
+def make_texture(kind: str, size: int, seed: int = 0, material: MaterialRange = MaterialRange(),
+                 normal_map: bool = False) -> torch.nn.Module:
+    """The learnable texture for `Config.texture` ("hybrid", "image" or "field"), with a
+    size x size bump map when `normal_map` (`Config.normal_map`)."""
     if kind == "field":
-        return FourierFieldTexture(seed=seed, material=material)
-    if kind == "image":
-        return UVPyramidTexture(size, material=material)
-    if kind == "hybrid":
-        return HybridTexture(size, material=material)
-    raise ValueError(f"unknown texture kind {kind!r}; choose one of {', '.join(TEXTURES)}")
+        texture: torch.nn.Module = FourierFieldTexture(seed=seed, material=material)
+    elif kind == "image":
+        texture = UVPyramidTexture(size, material=material)
+    elif kind == "hybrid":
+        texture = HybridTexture(size, material=material)
+    else:
+        raise ValueError(f"unknown texture kind {kind!r}; choose one of {', '.join(TEXTURES)}")
+    return NormalMappedTexture(texture, size) if normal_map else texture
 
 
 def _resized(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -78,7 +78,7 @@ def export_textured_mesh(mesh: MeshData, maps: PBRMaps, path: Path, metadata: di
     if path.is_dir():
         raise ExportError(f"{path}: is a folder; give an output file name ending in {SUPPORTED_TEXT}")
     check_not_overwriting(path, _recorded_inputs(metadata))
-    geometry = world_geometry(mesh)
+    geometry = world_geometry(mesh, with_tangents=maps.normal is not None)
     pngs = {name: encode_png(image) for name, image in map_images(maps, bits=8).items()}
     record = provenance(metadata)
     if scene is not None and path.suffix.lower() != ".obj":
@@ -88,7 +88,7 @@ def export_textured_mesh(mesh: MeshData, maps: PBRMaps, path: Path, metadata: di
             _warn_flattened(scene, path)
         payloads = build(mesh, geometry, pngs, record, path)
     try:
-        with atomic_outputs(output_files(path)) as temps:
+        with atomic_outputs(output_files(path, maps.normal is not None)) as temps:
             for temp, payload in zip(temps, payloads, strict=True):
                 temp.write_bytes(payload)
     except OSError as exc:

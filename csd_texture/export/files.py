@@ -16,31 +16,35 @@ def sidecar_path(path: Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def companion_names(path: Path) -> dict[str, str]:
-    """File names written beside OUT.gltf / OUT.obj (besides the sidecar); OBJ/MTL
-    statements are whitespace-separated, so OBJ companions get no spaces."""
+def companion_names(path: Path, normal_map: bool = False) -> dict[str, str]:
+    """File names written beside OUT.gltf / OUT.obj (besides the sidecar), with OUT_normal.png
+    when the maps have a normal map; OBJ/MTL statements are whitespace-separated, so OBJ
+    companions get no spaces."""
     stem = path.stem
     if path.suffix.lower() == ".gltf":
-        return {"bin": f"{stem}.bin", "basecolor": f"{stem}_basecolor.png", "orm": f"{stem}_metallicRoughness.png"}
-    if path.suffix.lower() == ".obj":
+        names = {"bin": f"{stem}.bin", "basecolor": f"{stem}_basecolor.png", "orm": f"{stem}_metallicRoughness.png"}
+    elif path.suffix.lower() == ".obj":
         stem = obj_name(stem)
-        return {
+        names = {
             "mtl": f"{stem}.mtl", "basecolor": f"{stem}_basecolor.png",
             "roughness": f"{stem}_roughness.png", "metallic": f"{stem}_metallic.png",
         }
-    return {}
+    else:
+        return {}
+    return {**names, "normal": f"{stem}_normal.png"} if normal_map else names
 
 
-def output_files(path: Path) -> list[Path]:
-    """Every file export_textured_mesh(…, path, …) writes, the main file last."""
+def output_files(path: Path, normal_map: bool = False) -> list[Path]:
+    """Every file export_textured_mesh(…, path, …) writes, the main file last (`normal_map`: for
+    maps with a normal map)."""
     path = Path(path)
-    return [path.with_name(n) for n in companion_names(path).values()] + [sidecar_path(path), path]
+    return [path.with_name(n) for n in companion_names(path, normal_map).values()] + [sidecar_path(path), path]
 
 
 def check_not_overwriting(path: Path, inputs: Iterable[Path | str]) -> None:
-    """Raise InputError if writing `path` (or its companions) would replace one of `inputs`."""
+    """Raise InputError if writing `path` (or its companions, a normal map's too) would replace one of `inputs`."""
     protected = {Path(p).resolve() for p in inputs}
-    for target in output_files(path):
+    for target in output_files(path, normal_map=True):
         if target.resolve() in protected:
             raise InputError(f"{target}: refusing to overwrite an input file; choose another output path")
 

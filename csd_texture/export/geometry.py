@@ -17,13 +17,15 @@ logger = logging.getLogger(__name__)
 class Geometry:
     """World-space arrays ready to write. world: (V, 3) float64 positions; centre: (3,)
     float64 bounding-box centre; normals: (V, 3) float32 unit; uv: (V, 2) float32
-    bottom-left origin; faces: (F, 3) uint32, wound counter-clockwise in world space."""
+    bottom-left origin; faces: (F, 3) uint32, wound counter-clockwise in world space;
+    tangents: (V, 4) float32 (unit xyz orthogonal to the normal, w +-1; glTF's TANGENT) or None."""
 
     world: np.ndarray
     centre: np.ndarray
     normals: np.ndarray
     uv: np.ndarray
     faces: np.ndarray
+    tangents: np.ndarray | None = None
 
     def offsets(self) -> np.ndarray:
         """(V, 3) float32 positions relative to the centre (what glTF stores)."""
@@ -40,8 +42,10 @@ def unit_normals(normals: np.ndarray, name: str) -> np.ndarray:
     return np.where(bad[:, None], [0.0, 1.0, 0.0], normals / np.where(bad[:, None], 1.0, length))
 
 
-def world_geometry(mesh: MeshData) -> Geometry:
-    """Transform `mesh` to its source world space; normals by the inverse transpose."""
+def world_geometry(mesh: MeshData, with_tangents: bool = False) -> Geometry:
+    """Transform `mesh` to its source world space; normals by the inverse transpose. With
+    `with_tangents`, the tangents the renderer used (render.tangents) carried along: xyz by the
+    transform, w flipped by a mirroring one."""
     if mesh.uv is None:
         raise ExportError(f"mesh '{mesh.name}' has no UVs; unwrap it (uv stage) before exporting")
     world = mesh.world_vertices()
@@ -60,7 +64,25 @@ def world_geometry(mesh: MeshData) -> Geometry:
         normals=normals.astype(np.float32),
         uv=np.asarray(mesh.uv, np.float32),
         faces=np.ascontiguousarray(faces, dtype=np.uint32),
+        tangents=world_tangents(mesh, linear, normals) if with_tangents else None,
     )
+
+
+def world_tangents(mesh: MeshData, linear: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """(V, 4) float32 tangents of `mesh` in world space: the renderer's tangents (normalised space)
+    through the (3, 3) `linear` part of to_source, made orthogonal to the world `normals` (V, 3)
+    and unit; w flips where `linear` mirrors."""
+    from ..render.tangents import vertex_tangents
+
+    local = vertex_tangents(mesh.vertices, mesh.faces, mesh.normals, mesh.uv).astype(np.float64)
+    tangent = local[:, :3] @ linear.T
+    tangent -= normals * (tangent * normals).sum(1, keepdims=True)
+    length = np.linalg.norm(tangent, axis=1, keepdims=True)
+    fallback = np.cross(normals, np.where(np.abs(normals[:, :1]) < 0.9, [[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]]))
+    fallback /= np.maximum(np.linalg.norm(fallback, axis=1, keepdims=True), 1e-20)
+    tangent = np.where(length > 1e-12, tangent / np.maximum(length, 1e-12), fallback)
+    w = local[:, 3:] * (-1.0 if np.linalg.det(linear) < 0 else 1.0)
+    return np.concatenate([tangent, w], 1).astype(np.float32)
 
 
 def face_groups(mesh: MeshData) -> list[tuple[str, str, np.ndarray]]:

@@ -40,16 +40,17 @@ class _BinaryBuffer:
 
 
 def _accessors(geometry: Geometry, buffer: _BinaryBuffer, groups: list[np.ndarray]) -> list[pygltflib.Accessor]:
-    """POSITION (with min/max), NORMAL, TEXCOORD_0 (u, 1 - v), then the indices of each group of faces."""
+    """POSITION (with min/max), NORMAL, TEXCOORD_0 (u, 1 - v), TANGENT when the geometry has
+    tangents, then the indices of each group of faces."""
     texcoord = np.stack([geometry.uv[:, 0], 1.0 - geometry.uv[:, 1]], axis=1).astype(np.float32)
     vertex_count = len(geometry.world)
     small = vertex_count <= 0xFFFF  # 65535 is the primitive-restart value
     accessors = []
-    for array, kind, bounds in (
-        (geometry.offsets(), pygltflib.VEC3, True),
-        (geometry.normals, pygltflib.VEC3, False),
-        (texcoord, pygltflib.VEC2, False),
-    ):
+    attributes = [(geometry.offsets(), pygltflib.VEC3, True), (geometry.normals, pygltflib.VEC3, False),
+                  (texcoord, pygltflib.VEC2, False)]
+    if geometry.tangents is not None:
+        attributes.append((geometry.tangents, pygltflib.VEC4, False))
+    for array, kind, bounds in attributes:
         view = buffer.add(np.ascontiguousarray(array, "<f4").tobytes(), pygltflib.ARRAY_BUFFER)
         accessors.append(pygltflib.Accessor(
             bufferView=view, componentType=pygltflib.FLOAT, count=vertex_count, type=kind,
@@ -66,10 +67,12 @@ def _accessors(geometry: Geometry, buffer: _BinaryBuffer, groups: list[np.ndarra
     return accessors
 
 
-def _material(name: str) -> pygltflib.Material:
-    """Metallic-roughness material: texture 0 = base colour, texture 1 = ORM; factors 1."""
+def _material(name: str, normal_map: bool) -> pygltflib.Material:
+    """Metallic-roughness material: texture 0 = base colour, texture 1 = ORM, texture 2 = the
+    tangent-space normal map when there is one; factors 1."""
     return pygltflib.Material(
         name=name,
+        normalTexture=pygltflib.NormalMaterialTexture(index=2, texCoord=0, scale=1.0) if normal_map else None,
         pbrMetallicRoughness=pygltflib.PbrMetallicRoughness(
             baseColorFactor=[1.0, 1.0, 1.0, 1.0],
             baseColorTexture=pygltflib.TextureInfo(index=0, texCoord=0),
@@ -94,8 +97,10 @@ def _gltf_document(
     materials = list(dict.fromkeys(material for material, _, _ in parts))
     by_material = [np.concatenate([f for m, _, f in parts if m == material]) for material in materials]
     accessors = _accessors(geometry, buffer, by_material)
+    normal_map = geometry.tangents is not None
+    first_indices = 4 if normal_map else 3
     images = []
-    for key, label in (("basecolor", "basecolor"), ("orm", "metallicRoughness")):
+    for key, label in (("basecolor", "basecolor"), ("orm", "metallicRoughness"), ("normal", "normal"))[:2 + normal_map]:
         if names is None:
             images.append(pygltflib.Image(name=label, mimeType="image/png", bufferView=buffer.add(pngs[key])))
         else:
@@ -108,10 +113,10 @@ def _gltf_document(
         scenes=[pygltflib.Scene(nodes=[0])],
         nodes=[pygltflib.Node(name=mesh.name, mesh=0, translation=[float(c) for c in geometry.centre])],
         meshes=[pygltflib.Mesh(name=mesh.name, extras=mesh_extras, primitives=[pygltflib.Primitive(
-            attributes=pygltflib.Attributes(POSITION=0, NORMAL=1, TEXCOORD_0=2),
-            indices=3 + k, material=k, mode=pygltflib.TRIANGLES,
+            attributes=pygltflib.Attributes(POSITION=0, NORMAL=1, TEXCOORD_0=2, TANGENT=3 if normal_map else None),
+            indices=first_indices + k, material=k, mode=pygltflib.TRIANGLES,
         ) for k in range(len(materials))])],  # one primitive per source material, sharing the vertices
-        materials=[_material(name) for name in materials],
+        materials=[_material(name, normal_map) for name in materials],
         samplers=[pygltflib.Sampler(
             magFilter=pygltflib.LINEAR, minFilter=pygltflib.LINEAR_MIPMAP_LINEAR,
             wrapS=pygltflib.CLAMP_TO_EDGE, wrapT=pygltflib.CLAMP_TO_EDGE,
@@ -152,7 +157,8 @@ def glb_files(mesh: MeshData, geometry: Geometry, pngs: dict[str, bytes], record
 
 
 def gltf_files(mesh: MeshData, geometry: Geometry, pngs: dict[str, bytes], record: dict, path: Path) -> list[bytes]:
-    names = companion_names(path)
+    names = companion_names(path, geometry.tangents is not None)
     document, blob = _gltf_document(mesh, geometry, pngs, names=names, bin_name=names["bin"])
     document["asset"]["extras"] = record
-    return [blob, pngs["basecolor"], pngs["orm"], json_bytes(record), json_bytes(document)]
+    normal = [pngs["normal"]] if geometry.tangents is not None else []
+    return [blob, pngs["basecolor"], pngs["orm"], *normal, json_bytes(record), json_bytes(document)]

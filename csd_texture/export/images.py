@@ -16,7 +16,7 @@ from ..fileio import atomic_outputs
 
 logger = logging.getLogger(__name__)
 
-MAP_NAMES = ("basecolor", "roughness", "metallic", "orm")
+MAP_NAMES = ("basecolor", "roughness", "metallic", "orm")  # and "normal" when the maps have a normal map
 
 
 def linear_to_srgb(x: np.ndarray) -> np.ndarray:
@@ -42,27 +42,33 @@ def _check_maps(maps: PBRMaps) -> tuple[int, int]:
         shape = np.shape(getattr(maps, name))
         if shape not in ((height, width), (height, width, 1)):
             raise ExportError(f"PBRMaps.{name} must be ({height}, {width}, 1) like albedo, got {shape}")
-    for name in ("albedo", "roughness", "metallic"):
-        if not np.all(np.isfinite(getattr(maps, name))):
+    if maps.normal is not None and np.shape(maps.normal) != (height, width, 3):
+        raise ExportError(f"PBRMaps.normal must be ({height}, {width}, 3) like albedo, got {np.shape(maps.normal)}")
+    for name in ("albedo", "roughness", "metallic", "normal"):
+        if getattr(maps, name) is not None and not np.all(np.isfinite(getattr(maps, name))):
             raise ExportError(f"PBRMaps.{name} has NaN or infinite values; the bake produced invalid texels")
     return height, width
 
 
 def map_images(maps: PBRMaps, bits: int = 8) -> dict[str, np.ndarray]:
     """Quantised (H, W, C) images: basecolor (sRGB, C=3), roughness and metallic (linear,
-    C=1), orm (R = 1, G = roughness, B = metallic); uint8 for bits=8, uint16 for bits=16."""
+    C=1), orm (R = 1, G = roughness, B = metallic) and, when the maps have one, normal (the encoded
+    tangent-space normal, C=3); uint8 for bits=8, uint16 for bits=16."""
     if bits not in (8, 16):
         raise ExportError(f"map bit depth must be 8 or 16, got {bits}")
     height, width = _check_maps(maps)
     roughness = np.asarray(maps.roughness, np.float64).reshape(height, width, 1)
     metallic = np.asarray(maps.metallic, np.float64).reshape(height, width, 1)
     orm = np.concatenate([np.ones_like(roughness), roughness, metallic], axis=2)
-    return {
+    images = {
         "basecolor": _quantize(linear_to_srgb(np.asarray(maps.albedo, np.float64)), bits),
         "roughness": _quantize(roughness, bits),
         "metallic": _quantize(metallic, bits),
         "orm": _quantize(orm, bits),
     }
+    if maps.normal is not None:
+        images["normal"] = _quantize(np.asarray(maps.normal, np.float64), bits)
+    return images
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -94,14 +100,15 @@ def _encode_png16(image: np.ndarray) -> bytes:
 
 
 def save_maps(maps: PBRMaps, folder: Path, bits: int = 8) -> dict[str, Path]:
-    """Write basecolor.png (sRGB), roughness.png, metallic.png (linear grey) and orm.png
-    (R = 1, G = roughness, B = metallic) into `folder`, 8- or 16-bit; returns name -> path."""
+    """Write basecolor.png (sRGB), roughness.png, metallic.png (linear grey), orm.png
+    (R = 1, G = roughness, B = metallic) and, with a normal map, normal.png (tangent space, +Y up as
+    glTF) into `folder`, 8- or 16-bit; returns name -> path."""
     folder = Path(folder)
     images = map_images(maps, bits)
-    paths = {name: folder / f"{name}.png" for name in MAP_NAMES}
-    encoded = {name: encode_png(images[name]) for name in MAP_NAMES}
+    paths = {name: folder / f"{name}.png" for name in images}
+    encoded = {name: encode_png(image) for name, image in images.items()}
     with atomic_outputs(list(paths.values())) as temps:
-        for temp, name in zip(temps, MAP_NAMES):
+        for temp, name in zip(temps, paths):
             temp.write_bytes(encoded[name])
     logger.info("wrote %d-bit maps %s to %s", bits, ", ".join(p.name for p in paths.values()), folder)
     return paths

@@ -1,6 +1,7 @@
 """OBJ + MTL (PBR extension) writer."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ from ..datatypes import MeshData
 from .files import companion_names, obj_name
 from .geometry import Geometry, face_groups
 from .metadata import GENERATOR, json_bytes
+
+logger = logging.getLogger(__name__)
 
 
 def _obj_text(mesh: MeshData, geometry: Geometry, mtl_name: str) -> str:
@@ -35,19 +38,26 @@ def _format_rows(line: str, rows: np.ndarray) -> str:
 
 def _mtl_text(materials: list[str], names: dict[str, str]) -> str:
     """MTL with the PBR extension, one material per name, all on the same maps: map_Kd (sRGB),
-    map_Pr and map_Pm (linear)."""
+    map_Pr and map_Pm (linear), and `norm` (the PBR extension's tangent-space normal map) when
+    there is one. Not `map_Bump`: readers disagree whether it holds heights or normals."""
+    normal = f"norm {names['normal']}\n" if "normal" in names else ""
     return f"# {GENERATOR}\n" + "".join(
         f"newmtl {material}\n"
         "Ka 0 0 0\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nPr 1\nPm 1\n"
-        f"map_Kd {names['basecolor']}\nmap_Pr {names['roughness']}\nmap_Pm {names['metallic']}\n"
+        f"map_Kd {names['basecolor']}\nmap_Pr {names['roughness']}\nmap_Pm {names['metallic']}\n{normal}"
         for material in materials
     )
 
 
 def obj_files(mesh: MeshData, geometry: Geometry, pngs: dict[str, bytes], record: dict, path: Path) -> list[bytes]:
-    names = companion_names(path)
+    normal_map = "normal" in pngs
+    names = companion_names(path, normal_map)
+    if normal_map:
+        logger.warning("%s: OBJ has no tangents; the normal map (MTL `norm`) shows as intended only in readers "
+                       "that make MikkTSpace tangents from the UVs (write .glb or .gltf to carry them)", path)
     materials = list(dict.fromkeys(obj_name(material) for material, _, _ in face_groups(mesh)))
+    normal = [pngs["normal"]] if normal_map else []
     return [
-        _mtl_text(materials, names).encode("utf-8"), pngs["basecolor"], pngs["roughness"], pngs["metallic"],
+        _mtl_text(materials, names).encode("utf-8"), pngs["basecolor"], pngs["roughness"], pngs["metallic"], *normal,
         json_bytes(record), _obj_text(mesh, geometry, names["mtl"]).encode("utf-8"),
     ]

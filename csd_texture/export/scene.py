@@ -3,7 +3,9 @@
 Everything in the source JSON is kept as it was (nodes, hierarchy, TRS/matrices, skins,
 animations, morph targets, cameras, lights, extensions, extras, materials' other
 properties). What changes: textured materials get new base colour and metallic-roughness
-textures (their factors become 1, base colour alpha kept); primitives whose UVs were re-made
+textures (their factors become 1, base colour alpha kept), and with a normal map a new
+normalTexture (replacing theirs) and a TANGENT attribute on their primitives, made from the
+primitive's own positions, NORMAL and the UVs the maps use; primitives whose UVs were re-made
 get new accessors for every vertex attribute and morph target delta, gathered through the
 vertex split, a new TEXCOORD_0 and new indices. Kept UVs keep every accessor byte for byte.
 All buffer views are copied into one buffer (external images are embedded), new data is
@@ -65,15 +67,16 @@ class _Blob:
 def scene_files(layout: SceneUV, maps: PBRMaps, pngs: dict[str, bytes], record: dict, path: Path) -> list[bytes]:
     """The bytes of every file in output_files(path) for a .glb or .gltf output of a glTF
     input. A .gltf keeps its images in OUT.bin; OUT_basecolor.png and OUT_metallicRoughness.png
-    hold the optimiser's whole atlas (every map's tile), for inspection."""
+    (and OUT_normal.png) hold the optimiser's whole atlas (every map's tile), for inspection."""
     if path.suffix.lower() == ".glb":
         document, blob = scene_document(layout, maps, None)
         _set_extras(document, record)
         return [json_bytes(record), glb_bytes(document, blob)]
-    names = companion_names(path)
+    names = companion_names(path, maps.normal is not None)
     document, blob = scene_document(layout, maps, quote(names["bin"]))
     _set_extras(document, record)
-    return [blob, pngs["basecolor"], pngs["orm"], json_bytes(record), json_bytes(document)]
+    normal = [pngs["normal"]] if maps.normal is not None else []
+    return [blob, pngs["basecolor"], pngs["orm"], *normal, json_bytes(record), json_bytes(document)]
 
 
 def _set_extras(document: dict, record: dict) -> None:
@@ -99,15 +102,27 @@ def scene_document(layout: SceneUV, maps: PBRMaps, bin_uri: str | None) -> tuple
             image.pop("uri")
             image["bufferView"] = blob.add(payload)
             image.setdefault("mimeType", "image/jpeg" if payload[:2] == b"\xff\xd8" else "image/png")
+    normal_map = maps.normal is not None
     shifted = _shifted_materials(layout, document)
     old_textures = {info["index"] for m in scene.textured if m is not None for slot, info in
                     (document["materials"][m].get("pbrMetallicRoughness") or {}).items() if slot in _TEXTURE_SLOTS}
+    if normal_map:  # ours replaces theirs
+        old_textures |= {document["materials"][m]["normalTexture"]["index"] for m in scene.textured
+                         if m is not None and "normalTexture" in document["materials"][m]}
     old_accessors = set()
     for key, placed in layout.primitives.items():
+        primitive = document["meshes"][key[0]]["primitives"][key[1]]
+        tangents = _tangents(source, primitive, placed) if normal_map else None
+        if normal_map and tangents is None:
+            logger.info("mesh %d primitive %d has no NORMAL; written without TANGENT (readers derive both)", *key)
         if placed.remade:
-            primitive = document["meshes"][key[0]]["primitives"][key[1]]
             old_accessors |= prune.referenced({"meshes": [{"primitives": [primitive]}]}, "accessors")
-            _rewrite_primitive(document, source, primitive, placed, blob, shift=primitive.get("material") in shifted)
+            _rewrite_primitive(document, source, primitive, placed, blob, shift=primitive.get("material") in shifted,
+                               skip=("TANGENT",) if normal_map else ())
+        if tangents is not None:
+            old_accessors |= {primitive["attributes"]["TANGENT"]} if "TANGENT" in primitive["attributes"] else set()
+            primitive["attributes"]["TANGENT"] = _add_accessor(document, blob, tangents, None, ARRAY_BUFFER, "VEC4",
+                                                               False)
     _attach_maps(layout, document, maps, blob, shifted)
     data = _without_orphans(document, bytes(blob.data), old_textures, old_accessors)
     document["buffers"] = [{"byteLength": len(data), **({"uri": bin_uri} if bin_uri else {})}]
@@ -200,12 +215,15 @@ def _gathered(document: dict, source, blob: _Blob, accessor_index: int, vmapping
     return _add_accessor(document, blob, values, like, ARRAY_BUFFER, like["type"], "min" in like and "max" in like)
 
 
-def _rewrite_primitive(document: dict, source, primitive: dict, placed, blob: _Blob, shift: bool) -> None:
-    """New accessors for a primitive with re-made UVs: every attribute and morph target
-    gathered through `placed.vmapping`, the new TEXCOORD_0 (glTF's top-left origin) and
-    TRIANGLES indices."""
+def _rewrite_primitive(document: dict, source, primitive: dict, placed, blob: _Blob, shift: bool,
+                       skip: tuple[str, ...] = ()) -> None:
+    """New accessors for a primitive with re-made UVs: every attribute (but those in `skip`, which
+    the caller re-makes) and morph target gathered through `placed.vmapping`, the new TEXCOORD_0
+    (glTF's top-left origin) and TRIANGLES indices."""
     attributes = {}
     for name, index in primitive["attributes"].items():
+        if name in skip:
+            continue
         if shift and name.startswith("TEXCOORD_"):
             name = f"TEXCOORD_{int(name.split('_')[1]) + 1}"
         elif name == "TEXCOORD_0":
@@ -223,9 +241,24 @@ def _rewrite_primitive(document: dict, source, primitive: dict, placed, blob: _B
     primitive["mode"] = 4
 
 
+def _tangents(source, primitive: dict, placed) -> np.ndarray | None:
+    """(N, 4) float32 TANGENT values (render.tangents' convention) of a primitive's new vertices for
+    the UVs the maps use, from its source POSITION and NORMAL (its own space) gathered through
+    `placed.vmapping`; None without NORMAL (glTF readers then make flat normals and ignore tangents)."""
+    from ..render.tangents import vertex_tangents
+
+    attributes = primitive["attributes"]
+    if "NORMAL" not in attributes:
+        return None
+    positions = source.accessor_float(attributes["POSITION"])[placed.vmapping]
+    normals = source.accessor_float(attributes["NORMAL"])[placed.vmapping]
+    normals = normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-20)
+    return vertex_tangents(positions, placed.faces, normals, placed.uv)
+
+
 def _attach_maps(layout: SceneUV, document: dict, maps: PBRMaps, blob: _Blob, shifted: set[int | None]) -> None:
-    """One base colour and one ORM texture per group (cropped from the optimiser's atlas);
-    the group's materials point at them."""
+    """One base colour and one ORM texture per group (cropped from the optimiser's atlas), and a
+    normal texture with a normal map; the group's materials point at them."""
     document.setdefault("samplers", []).append(
         {"magFilter": 9729, "minFilter": 9987, "wrapS": 33071, "wrapT": 33071}  # linear, trilinear, clamp
     )
@@ -236,7 +269,8 @@ def _attach_maps(layout: SceneUV, document: dict, maps: PBRMaps, blob: _Blob, sh
     for group, materials in enumerate(layout.groups):
         images = map_images(_tile(maps, group, layout.grid), bits=8)
         textures = {}
-        for slot, key in (("baseColorTexture", "basecolor"), ("metallicRoughnessTexture", "orm")):
+        slots = [("baseColorTexture", "basecolor"), ("metallicRoughnessTexture", "orm")]
+        for slot, key in slots + ([("normalTexture", "normal")] if maps.normal is not None else []):
             name = f"{'_'.join(layout.scene.material_name(m) for m in materials)}_{key}"
             document.setdefault("images", []).append(
                 {"name": name, "mimeType": "image/png", "bufferView": blob.add(encode_png(images[key]))})
@@ -250,6 +284,8 @@ def _attach_maps(layout: SceneUV, document: dict, maps: PBRMaps, blob: _Blob, sh
             pbr["metallicFactor"] = 1.0
             pbr["roughnessFactor"] = 1.0
             for slot, texture in textures.items():
+                if slot == "normalTexture":
+                    continue
                 old = pbr.get(slot) or {}
                 if "extensions" in old:
                     logger.warning("material %r: %s had %s; dropped (the new map is baked for the new UVs)",
@@ -258,6 +294,11 @@ def _attach_maps(layout: SceneUV, document: dict, maps: PBRMaps, blob: _Blob, sh
             if material in shifted:
                 for info in _other_textures(target):
                     info["texCoord"] = info.get("texCoord", 0) + 1
+            if "normalTexture" in textures:  # after the shift: it is made for the new UVs
+                if "normalTexture" in target:
+                    logger.warning("material %r: its normal map is replaced by the optimised one", target.get("name"))
+                target["normalTexture"] = {"index": textures["normalTexture"], "texCoord": texcoords.get(material, 0),
+                                           "scale": 1.0}
 
 
 def _material(document: dict, material: int | None, layout: SceneUV) -> dict:
@@ -281,7 +322,7 @@ def _tile(maps: PBRMaps, group: int, grid: int) -> PBRMaps:
     rows = slice((grid - 1 - row) * size, (grid - row) * size)
     cols = slice(column * size, (column + 1) * size)
     return PBRMaps(maps.albedo[rows, cols], maps.roughness[rows, cols], maps.metallic[rows, cols],
-                   maps.coverage[rows, cols])
+                   maps.coverage[rows, cols], None if maps.normal is None else maps.normal[rows, cols])
 
 
 def scene_record(layout: SceneUV) -> dict[str, Any]:

@@ -103,7 +103,8 @@ def shade_environment(albedo: torch.Tensor, roughness: torch.Tensor, metallic: t
     rotation = lighting.rotation.to(albedo).view(batch, 1, 1, 3, 3)
 
     def env_grid(direction: torch.Tensor) -> torch.Tensor:
-        return direction_to_grid(F.normalize((rotation @ direction[..., None])[..., 0], dim=-1, eps=1e-8))
+        return direction_to_grid(_off_pole_gradient(F.normalize((rotation @ direction[..., None])[..., 0], dim=-1,
+                                                                eps=1e-8)))
 
     index = lighting.index.to(albedo.device)
     irradiance = F.grid_sample(envs.irradiance[index].to(albedo), env_grid(n), mode="bilinear",
@@ -127,6 +128,16 @@ def shade_environment(albedo: torch.Tensor, roughness: torch.Tensor, metallic: t
     lit = pbr_neutral_tonemap(lit * lighting.intensity.to(albedo).view(batch, 1, 1, 1))
     unlit = lighting.unlit.to(albedo.device).view(batch, 1, 1, 1)
     return torch.where(unlit, albedo, lit)
+
+
+def _off_pole_gradient(direction: torch.Tensor) -> torch.Tensor:
+    """(..., 3) unit directions, the same values, but no gradient through those within ~0.1 degree of
+    the equirectangular map's poles (+-Y), where acos and atan2 have infinite or 0/0 derivatives
+    (a normal-mapped flat floor faces exactly up). Shading normals only need a gradient with a normal map."""
+    if not direction.requires_grad:
+        return direction
+    pole = direction[..., 1:2].abs() > 1.0 - 1e-6
+    return torch.where(pole, direction.detach(), direction)
 
 
 def pbr_neutral_tonemap(rgb: torch.Tensor) -> torch.Tensor:

@@ -9,23 +9,25 @@ import torch
 import torch.nn.functional as F
 
 from ..datatypes import CameraBatch, Fragments, Lighting, MeshData
-from ..texture import SurfaceSample
+from ..texture import NormalMappedSample, SurfaceSample
 from .base import Rasterizer, interpolate
 from ..lighting import EnvironmentLighting
 from .shading import composite, linear_to_srgb, shade, shade_environment
+from .tangents import perturbed_normal, vertex_tangents
 
-TextureFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], SurfaceSample]
+TextureFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], SurfaceSample | NormalMappedSample]
 
 
 @dataclass(frozen=True)
 class Surface:
     """A mesh's render attributes on the compute device: vertices (V, 3), faces (F, 3) int32,
-    normals (V, 3), uv (V, 2)."""
+    normals (V, 3), uv (V, 2), tangents (V, 4) (xyz, handedness w; for normal maps, None: not made)."""
 
     vertices: torch.Tensor
     faces: torch.Tensor
     normals: torch.Tensor
     uv: torch.Tensor
+    tangents: torch.Tensor | None = None
 
     @classmethod
     def from_mesh(cls, mesh: MeshData, device: torch.device | str) -> "Surface":
@@ -35,7 +37,9 @@ class Surface:
         def tensor(array, dtype=torch.float32) -> torch.Tensor:
             return torch.as_tensor(array, dtype=dtype, device=device).contiguous()
 
-        return cls(tensor(mesh.vertices), tensor(mesh.faces, torch.int32), tensor(mesh.normals), tensor(mesh.uv))
+        tangents = vertex_tangents(mesh.vertices, mesh.faces, mesh.normals, mesh.uv)
+        return cls(tensor(mesh.vertices), tensor(mesh.faces, torch.int32), tensor(mesh.normals), tensor(mesh.uv),
+                   tensor(tangents))
 
 
 @dataclass(frozen=True)
@@ -65,12 +69,28 @@ def render_views(surface: Surface, texture: TextureFn, cameras: CameraBatch, lig
     normal = F.normalize(interpolate(surface.normals, fragments, surface.faces), dim=-1, eps=1e-8)
     view_dir = F.normalize(cameras.position.to(position)[:, None, None, :] - position, dim=-1, eps=1e-8)
     sample = texture(uv, position, footprint)
+    shading_normal = (mapped_normal(surface, fragments, normal, sample.normal, view_dir)
+                      if isinstance(sample, NormalMappedSample) else normal)
     shader = shade_environment if isinstance(lighting, EnvironmentLighting) else shade
-    linear = shader(sample.albedo, sample.roughness, sample.metallic, normal, view_dir, lighting)
+    linear = shader(sample.albedo, sample.roughness, sample.metallic, shading_normal, view_dir, lighting)
     srgb = linear_to_srgb(linear.clamp(0.0, 1.0))
     depth, camera_normal = view_space_geometry(cameras.mvp.to(position), position, normal)
     return RenderOutput(image=composite(srgb, mask, background), mask=mask, depth=depth * mask,
                         normal=camera_normal * mask, triangle_id=fragments.triangle_id)
+
+
+def mapped_normal(surface: Surface, fragments: Fragments, normal: torch.Tensor, tangent_normal: torch.Tensor,
+                  view_dir: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) unit shading normals from a tangent-space normal map (B, H, W, 3), in the frame of
+    the interpolated vertex normal `normal` and tangent. On faces seen from behind the whole frame is
+    flipped first (glTF's double-sided rule), so the shader's own flip towards the viewer sees the
+    mapped normal of the visible side."""
+    if surface.tangents is None:
+        raise ValueError("the texture has a normal map but the Surface has no tangents; build it with "
+                         "Surface.from_mesh")
+    tangent = interpolate(surface.tangents, fragments, surface.faces)
+    facing = torch.where((normal * view_dir).sum(-1, keepdim=True) < 0, -1.0, 1.0)
+    return perturbed_normal(normal, tangent, tangent_normal.to(normal)) * facing
 
 
 @torch.no_grad()
