@@ -41,7 +41,7 @@ def bump_reference(size: int) -> tuple[ImageTexture, np.ndarray]:
     rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     with torch.no_grad():
         bump.height.copy_(1.5 * torch.sin(2 * torch.pi * cols / 8) * torch.sin(2 * torch.pi * rows / 8))
-        normal = bump.normal_image()[0].permute(1, 2, 0)
+        normal = torch.nn.functional.normalize(bump.normal_image(), dim=1)[0].permute(1, 2, 0)
     ones = torch.ones(size, size, 1)
     return ImageTexture(torch.full((size, size, 3), 0.5), ones * 0.3, ones * 0.0, normal * 0.5 + 0.5), normal.numpy()
 
