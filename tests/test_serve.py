@@ -167,6 +167,18 @@ def test_three_concurrent_jobs_all_finish(served) -> None:
     assert [j["prompt"] for j in jobs] == ["a red can", "a blue can", "a green can"]
 
 
+def test_a_normal_map_job_serves_its_normal_map(served) -> None:
+    client, _ = served
+    status, reply = client.submit(FUZE.read_bytes(), "fuze.obj", settings={**FAST, "steps": 2, "normal_map": True})
+    assert status == 202, reply
+    job = client.wait(reply["id"])
+    assert job["state"] == "done", job
+    status, png = client.request("GET", f"/api/jobs/{job['id']}/maps/normal.png")
+    assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n", png[:200]
+    status, data = client.request("GET", f"/api/jobs/{job['id']}/maps.zip")
+    assert status == 200 and "normal.png" in zipfile.ZipFile(io.BytesIO(data)).namelist()
+
+
 def test_a_bad_mesh_fails_its_job_with_the_cli_message(served, tmp_path: Path) -> None:
     client, store = served
     garbage = b"v 0 0 0\nv nan 1 0\nf 1 2 3\n"

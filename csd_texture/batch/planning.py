@@ -220,7 +220,7 @@ def check_plan(items: Sequence[BatchItem], report_path: Path | None = None) -> N
     if report_path is not None:
         owners = {path.resolve(): "the batch report" for path in (report_path, report_path.with_name(ERRORS_LOG))}
     for item in items:
-        *companions, main = output_files(item.output)
+        *companions, main = output_files(item.output, normal_map=item.config.normal_map)
         for target in (main, *companions):
             target = target.resolve()
             if target in inputs:

@@ -16,7 +16,7 @@ from ..fileio import atomic_outputs
 
 logger = logging.getLogger(__name__)
 
-MAP_NAMES = ("basecolor", "roughness", "metallic", "orm")  # and "normal" when the maps have a normal map
+MAP_NAMES = ("basecolor", "roughness", "metallic", "orm", "normal")  # every map save_maps may write; normal only when the maps have one
 
 
 def linear_to_srgb(x: np.ndarray) -> np.ndarray:
