@@ -181,7 +181,7 @@ class Config:
     lighting: str = "environment"  # "environment" (HDRI image-based light) or "directional" (old recipe)
     roughness: tuple[float, float] = (0.08, 1.0)  # bounds; one value pins it ("0.5" or "0.3,0.9")
     metallic: tuple[float, float] = (0.0, 1.0)
-    material_prior: float = 1.0  # decoupled pull of roughness/metallic towards 0.6/0.05 per step, x learning rate
+    material_prior: float = 1.0  # decoupled pull of roughness/metallic to 0.6/0.05 (hybrid: 0.6/0.01) per step x lr
     lr_decay: float = 0.1  # final learning rate as a fraction of the first (cosine decay); 1 = constant
     grad_clip: float = 1.0  # gradient norm clip; 0 = off
     ema_decay: float = 0.99  # averaged texture for the export; 0 = the last step's texture

@@ -168,7 +168,9 @@ def test_seams_drift_and_recovery_beat_the_old_recipe(sphere) -> None:
     pairs = surface_pairs(sphere, points=20000, distance=0.02)
     target = seam_jump(seamless_bake(sphere, 64), pairs)
     results = {}
-    for name, config in (("old", small(**LEGACY_RECIPE)), ("new", small())):
+    settings = {"steps": 80, "learning_rate": 0.05}  # the presets' learning rates (0.02-0.05): at 0.1 for 40
+    # steps the prior has no time to pull back what the noise lifts (metallic p95 0.46 there)
+    for name, config in (("old", small(**LEGACY_RECIPE, **settings)), ("new", small(**settings))):
         maps, _ = run_recipe(sphere, NoiseObjective(0, scale=2.0), config)
         results[name] = (seam_jump(maps, pairs) / target, material_band(maps))
     print(results, target)
@@ -178,18 +180,19 @@ def test_seams_drift_and_recovery_beat_the_old_recipe(sphere) -> None:
     assert old_band["roughness_p5"] < 0.35 or old_band["metallic_p95"] > 0.15
 
 
-@pytest.mark.slow
 def test_materials_are_recovered_under_environment_light(sphere) -> None:
     """Known maps (roughness 0.15-0.85, metallic 0/1 regions) rendered under the environments and
-    optimised with the photometric objective: roughness comes back (identifiable, not just plausible,
-    and far better than today's recipe under its own light) and albedo is close. Metallic is not
-    pinned here: under soft environment light and the prior it is not recovered yet (bench/quality.py
-    prints it)."""
+    optimised with the photometric objective: the materials are identifiable, not just plausible.
+    Roughness comes back far better than today's recipe under its own directional light, and
+    metallic better too (before the metallic gain and lower prior, the prior held the metal regions
+    near 0.13: MAE 0.29, albedo 24 dB)."""
     want = material_reference(sphere, 64)
     objective = PhotometricObjective(Surface.from_mesh(sphere, "cpu"), ImageTexture.from_maps(want),
                                      get_rasterizer("torch"))
+    settings = {"steps": 80, "render_size": 48, "learning_rate": 0.05}
     errors = {name: map_errors(run_recipe(sphere, objective, config)[0], want)
-              for name, config in (("old", small(**LEGACY_RECIPE, steps=80)), ("new", small(steps=80)))}
-    print(errors)
+              for name, config in (("old", small(**LEGACY_RECIPE, **settings)), ("new", small(**settings)))}
+    print(errors)  # measured: new 32.0 dB, roughness 0.037, metallic 0.102; old 30.6 dB, 0.115, 0.145
     assert errors["new"]["roughness_mae"] < 0.1 < errors["old"]["roughness_mae"]
-    assert errors["new"]["albedo_psnr_db"] > 22
+    assert errors["new"]["metallic_mae"] < 0.125 < errors["old"]["metallic_mae"]
+    assert errors["new"]["albedo_psnr_db"] >= 28
