@@ -11,9 +11,12 @@ HDR environment light, material prior, schedule).
   photometric objective, albedo PSNR and roughness/metallic MAE over covered texels;
 - tiny prior: CSD with tests/data/tiny-prior, prompt "a blue ball": mean base colour (hue must stay
   blue) and the share of texels with a channel clipped at 0 or 255;
+- saturation: the same prior pushed hard (prompt "a red ball", learning rate 0.1, 200 steps, 64^2
+  texels on an icosphere): the share of base-colour texels clipped at 0 or 255;
 - texture recovery (fuze's photo texture, held-out views, >= 30 dB) and determinism, as before.
 
     python bench/quality.py [--steps 100] [--texture-size 256] [--render-size 64] [--threads 2] [--quick]
+                            [--sections noise,pbr,prior,saturation]
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from csd_texture.uv import prepare_uv
 ROOT = Path(__file__).resolve().parents[1]
 FUZE = ROOT / "assets" / "fuze.obj"
 TINY_PRIOR = ROOT / "tests" / "data" / "tiny-prior"
+SECTIONS = ("noise", "pbr", "prior", "saturation", "speed", "recovery", "determinism")
 
 
 def table(rows: list[tuple]) -> None:
@@ -115,6 +119,30 @@ def prior_section(base: Config) -> None:
     table(rows)
 
 
+def saturation_section() -> None:
+    """Base-colour clipping under a strong objective: the tiny colour prior, a saturated prompt, a high
+    learning rate and 200 steps (the setting tests/test_recipe.py pins)."""
+    from csd_texture.guidance.csd import CSDGuidance
+
+    if not (TINY_PRIOR / "unet").is_dir():
+        print(f"saturation: {TINY_PRIOR} not found, skipped\n")
+        return
+    guidance = CSDGuidance.from_pretrained(str(TINY_PRIOR))
+    mesh = prepare_uv(load_mesh(trimesh.creation.icosphere(subdivisions=2)), keep_uv=False, texture_size=64)
+    base = Config(prompt="a red ball", steps=200, texture_size=64, render_size=64, views_per_step=2, pad_texels=2,
+                  learning_rate=0.1)
+    rows = [("recipe", "prompt", "mean base colour (sRGB)", "saturated", "s/step")]
+    for label, config in recipes(base):
+        embeds = guidance.encode_prompts(config.prompt, config.negative_prompt, config.view_prompts != "off")
+        maps, seconds = run_recipe(mesh, CSDObjective(guidance, embeds, config), config)
+        srgb = np.clip(maps.albedo[maps.coverage], 0, 1) ** (1 / 2.2)
+        rows.append((label, config.prompt, " ".join(f"{c:.2f}" for c in srgb.mean(0)),
+                     f"{saturation_share(maps):.3f}", f"{seconds:.2f}"))
+    print(f"saturation: tiny prior CSD pushed hard (learning rate {base.learning_rate}, {base.steps} steps, "
+          f"{base.texture_size}^2 texels, icosphere)")
+    table(rows)
+
+
 def speed_section(steps: int = 3) -> None:
     """Seconds per step at the default settings (texture 1024, render 512, one view), CSD with the tiny
     prior, so the difference is the recipe's (render, texture, light, regulariser), not the model's."""
@@ -159,6 +187,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--quick", action="store_true", help="sphere only; skip fuze recovery and determinism")
     parser.add_argument("--speed-only", action="store_true", help="only seconds per step at default settings")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (--quick drops the last "
+                             "three and fuze from noise)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -167,12 +198,23 @@ def main() -> None:
         return
     base = Config(prompt="-", steps=args.steps, texture_size=args.texture_size, render_size=args.render_size,
                   views_per_step=2, pad_texels=4)
-    noise_section(base, ["sphere"] if args.quick else ["sphere", "fuze"])
-    pbr_section(base)
-    prior_section(base)
-    if not args.quick:
+    sections = set(args.sections.split(",")) - ({"speed", "recovery", "determinism"} if args.quick else set())
+    unknown = sections - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    if "noise" in sections:
+        noise_section(base, ["sphere"] if args.quick else ["sphere", "fuze"])
+    if "pbr" in sections:
+        pbr_section(base)
+    if "prior" in sections:
+        prior_section(base)
+    if "saturation" in sections:
+        saturation_section()
+    if "speed" in sections:
         speed_section()
+    if "recovery" in sections:
         recovery_section(120, args.texture_size)
+    if "determinism" in sections:
         with tempfile.TemporaryDirectory() as tmp:
             same, differs = determinism(str(save_tiny_pipeline(Path(tmp) / "tiny")))
         print(f"determinism: same seed identical maps: {same}; other seed differs: {differs}")

@@ -4,8 +4,8 @@ recipe (LEGACY_RECIPE) beside the new default and pins a threshold the old one f
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,16 +15,18 @@ from csd_texture.cameras import make_cameras, orbit_cameras
 from csd_texture.config import DEFAULT_NEGATIVE_PROMPT, LEGACY_RECIPE, Config
 from csd_texture.errors import ConfigError
 from csd_texture.evaluation import (NoiseObjective, map_errors, material_band, material_reference, run_recipe,
-                                    seam_jump, seamless_bake, surface_pairs)
+                                    saturation_share, seam_jump, seamless_bake, surface_pairs)
 from csd_texture.lighting import (bundled_environments, fixed_environment_lighting, prefilter,
                                   random_environment_lighting)
 from csd_texture.mesh_io import load_mesh
-from csd_texture.optimize import PhotometricObjective, learning_rate_factor
+from csd_texture.optimize import CSDObjective, PhotometricObjective, learning_rate_factor
 from csd_texture.render import get_rasterizer
 from csd_texture.render.shading import pbr_neutral_tonemap, shade_environment
-from csd_texture.render.views import Surface, barycentric_derivatives, render_views
+from csd_texture.render.views import Surface, barycentric_derivatives
 from csd_texture.texture import HybridTexture, ImageTexture, MaterialRange, make_texture, mip_pyramid, mip_sample
 from csd_texture.uv import prepare_uv
+
+TINY_PRIOR = Path(__file__).parent / "data" / "tiny-prior"
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +198,21 @@ def test_materials_are_recovered_under_environment_light(sphere) -> None:
     assert errors["new"]["roughness_mae"] < 0.1 < errors["old"]["roughness_mae"]
     assert errors["new"]["metallic_mae"] < 0.125 < errors["old"]["metallic_mae"]
     assert errors["new"]["albedo_psnr_db"] >= 28
+
+
+@pytest.mark.slow
+def test_base_colour_does_not_clip_under_a_strong_objective(sphere) -> None:
+    """CSD with the tiny colour prior, a strongly coloured prompt and a high learning rate for 200
+    steps: today's recipe (clamped directional light, no negative prompt) drives a tenth of the
+    base-colour texels to 0 or 255 in a channel (measured 0.105); the new one stays unclipped (0.002)."""
+    from csd_texture.guidance.csd import CSDGuidance
+
+    guidance = CSDGuidance.from_pretrained(str(TINY_PRIOR))
+    shares = {}
+    for name, config in (("old", small(**LEGACY_RECIPE)), ("new", small())):
+        config = config.updated(prompt="a red ball", steps=200, render_size=64, learning_rate=0.1)
+        embeds = guidance.encode_prompts(config.prompt, config.negative_prompt, config.view_prompts != "off")
+        maps, _ = run_recipe(sphere, CSDObjective(guidance, embeds, config), config)
+        shares[name] = saturation_share(maps)
+    print(shares)
+    assert shares["new"] < 0.01 and shares["old"] > 0.05
