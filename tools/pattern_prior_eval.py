@@ -137,3 +137,28 @@ def evaluate(folder: Path, log, seed: int = 0, n: int = 12) -> dict:
         report[name] = result
     report["eval_seconds"] = time.time() - t0
     return report
+
+
+SHEET_CAPTIONS = ("a red and white striped ball", "blue and yellow stripes", "a black and white checkered cube",
+                  "a blue ball with white dots", "a shiny metal ball", "a matte clay ball", "a shiny gold metal ball",
+                  "a plain red object")
+
+
+def sample_sheet(folder: Path, path: Path, n: int = 8, seed: int = 0) -> None:
+    """Write a contact sheet PNG: one row of `n` samples (64x64) per caption of SHEET_CAPTIONS."""
+    from PIL import Image
+
+    pipe = load_sampler(folder)
+    rows = [torch.cat(list(sample(pipe, caption, n, seed)), 1) for caption in SHEET_CAPTIONS]
+    image = (torch.cat(rows, 0).clamp(0, 1) * 255).round().byte().numpy()
+    Image.fromarray(image).save(path)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Contact sheet of a pattern prior's samples (rows: SHEET_CAPTIONS).")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--sheet", type=Path, required=True, help="PNG to write")
+    args = parser.parse_args()
+    sample_sheet(args.folder, args.sheet)

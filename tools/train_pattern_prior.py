@@ -12,12 +12,12 @@ diffusers folder format of a real model (`StableDiffusionPipeline.from_pretraine
   (turbulent veins) or wood rings; colours named (red, orange, yellow, green, blue, purple, pink,
   brown, white, black, grey; gold and silver for metals) or arbitrary; a material class (matte:
   roughness 0.65-1; glossy: roughness 0.05-0.3; metal: roughness 0.05-0.35, metallic 0.85-1, not for marble and wood;
-  or unlabelled: anything). Shading: Lambert + GGX from a key light near the camera plus a simple
-  environment (bright sky above a dark ground with a horizon that blurs with roughness, so metals
-  reflect it), 10% unlit views (plain albedo) as the texturing loop renders them. This renderer
-  is written here, in vectorised torch, on purpose: analytic ray casting of three shapes draws
-  about 100 images per second on one busy core, and the data does not change when the texturing renderer
-  does.
+  or unlabelled: anything). Shading: the texturing loop's own split-sum image-based light
+  (`render.shading.shade_environment`, the bundled HDR environments, random environment, rotation
+  and intensity), 10% unlit views (plain albedo) as the texturing loop renders them; the prior
+  thus sees metal and clay under the light the guidance renders with. The geometry is ray cast
+  here, in vectorised torch, on purpose: analytic ray casting of three shapes draws about 100
+  images per second on one busy core.
 * captions name what the image shows, each part left out at random: material adjective
   (matte / glossy, shiny / shiny, polished), colour(s) ("red", "red and white"), pattern
   ("striped", "with white dots", "checkered", "marble", "wooden", "plain"), material noun (clay,
@@ -64,11 +64,14 @@ from prior_common import (
     uniform,
 )
 
+from csd_texture.lighting import INTENSITY_RANGE, EnvironmentLighting, bundled_environments, environment_rotation
+from csd_texture.render.shading import linear_to_srgb, shade_environment, srgb_to_linear
 from csd_texture.testing import build_tokenizer, sd_ddpm_scheduler
 
 IMAGE_SIZE = 64
 SUPERSAMPLE = 1  # 2 looks smoother but costs 4x; the texturing renders are not antialiased either
 SHAPES = ("sphere", "cube", "cylinder")
+ENVIRONMENTS = bundled_environments()
 PATTERNS = ("plain", "stripes", "checkerboard", "dots", "marble", "wood")
 MATERIALS = ("matte", "glossy", "metal")  # index -1: unlabelled (any roughness / metallic)
 # name: (hue centre, hue jitter, saturation range, value range) in sRGB HSV
@@ -209,8 +212,8 @@ def _pattern_mask(pattern: torch.Tensor, p: torch.Tensor, g: torch.Generator) ->
     soft = lambda a: torch.clamp(torch.sin(math.pi * a / cell) * 4.0, -1.0, 1.0)
     checker = 0.5 + 0.5 * soft(q[..., 0]) * soft(q[..., 1]) * soft(q[..., 2])
 
-    spacing = uniform(n, 0.32, 0.55, g)
-    radius = col(spacing * uniform(n, 0.22, 0.34, g))
+    spacing = uniform(n, 0.5, 0.8, g)  # dots of about 8-18 px, so they survive the 8x8 latent
+    radius = col(spacing * uniform(n, 0.28, 0.38, g))
     f = (q / spacing.view(n, 1, 1, 1) + torch.rand(n, 1, 1, 3, generator=g)) % 1.0 - 0.5
     dots = ((radius - f.norm(dim=-1) * col(spacing)) / 0.03 + 0.5).clamp(0, 1)
 
@@ -242,15 +245,6 @@ def _arbitrary_colour(n: int, g: torch.Generator) -> torch.Tensor:
     grey = torch.rand(n, generator=g) < 0.2
     s = torch.where(grey, torch.zeros(n), uniform(n, 0.0, 1.0, g))
     return hsv_to_rgb(uniform(n, 0.0, 360.0, g), s, uniform(n, 0.03, 1.0, g))
-
-
-def _srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
-    return torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055).clamp(min=0) ** 2.4)
-
-
-def _linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
-    c = c.clamp(0.0, 1.0)
-    return torch.where(c <= 0.0031308, c * 12.92, 1.055 * c.clamp(min=1e-8) ** (1 / 2.4) - 0.055)
 
 
 def _pick(seq, g: torch.Generator):
@@ -319,41 +313,24 @@ def draw_scenes(n: int, g: torch.Generator, size: int = IMAGE_SIZE, named_fracti
 
     m = _pattern_mask(pattern, point, g)[..., None]
     c1, c2 = torch.stack(first), torch.stack(second)
-    albedo = _srgb_to_linear(c1[:, None, None] * (1 - m) + c2[:, None, None] * m)  # (n, res, res, 3) linear
+    albedo = srgb_to_linear(c1[:, None, None] * (1 - m) + c2[:, None, None] * m)  # (n, res, res, 3) linear
 
-    # lighting: key light within ~50 degrees of the camera + a sky/ground environment
-    view = to_cam[:, None, None]
-    key = F.normalize(to_cam + 0.5 * torch.randn(n, 3, generator=g), dim=-1)[:, None, None]
-    key_strength = uniform(n, 0.6, 1.3, g).view(n, 1, 1, 1)
-    sky = uniform(n, 0.5, 1.1, g).view(n, 1, 1, 1) * torch.stack([torch.ones(n), uniform(n, 0.95, 1.05, g), uniform(n, 1.0, 1.15, g)], -1)[:, None, None]
-    ground = uniform(n, 0.05, 0.25, g).view(n, 1, 1, 1)
-    rough4 = rough.clamp(min=0.05).view(n, 1, 1, 1)
-    metal4 = metal.view(n, 1, 1, 1)
+    # lighting: as the texturing loop lights a view (render/shading.shade_environment: split-sum
+    # image-based light from the bundled HDR environments, random environment, rotation about +Y
+    # and intensity, some unlit views), so the prior knows what metal and clay look like under
+    # exactly the light the guidance sees.
+    view = to_cam[:, None, None].expand_as(normal).contiguous()
+    unlit = torch.rand(n, generator=g) < 0.1
+    lighting = EnvironmentLighting(
+        ENVIRONMENTS, torch.randint(0, len(ENVIRONMENTS.names), (n,), generator=g),
+        environment_rotation(uniform(n, 0.0, 2 * math.pi, g), (0.0, 1.0, 0.0)),
+        INTENSITY_RANGE[0] * (INTENSITY_RANGE[1] / INTENSITY_RANGE[0]) ** torch.rand(n, 1, generator=g), unlit)
+    shape4 = (n, res, res, 1)
+    linear = shade_environment(albedo, rough.clamp(min=0.05).view(n, 1, 1, 1).expand(shape4),
+                               metal.view(n, 1, 1, 1).expand(shape4), normal, view, lighting)
+    unlit = unlit.view(n, 1, 1, 1)
 
-    nrm = normal * torch.where((normal * view).sum(-1, keepdim=True) < 0, -1.0, 1.0)
-    n_l = (nrm * key).sum(-1, keepdim=True).clamp(min=0)
-    n_v = (nrm * view).sum(-1, keepdim=True).clamp(min=1e-3)
-    half = F.normalize(key + view, dim=-1)
-    n_h = (nrm * half).sum(-1, keepdim=True).clamp(min=0)
-    v_h = (view * half).sum(-1, keepdim=True).clamp(min=0)
-    alpha2 = rough4**4
-    dist = alpha2 / (math.pi * (n_h * n_h * (alpha2 - 1) + 1) ** 2)
-    kk = (rough4 + 1) ** 2 / 8
-    geom = (n_l / (n_l * (1 - kk) + kk)) * (n_v / (n_v * (1 - kk) + kk))
-    f0 = 0.04 + (albedo - 0.04) * metal4
-    fres = f0 + (1 - f0) * (1 - v_h) ** 5
-    spec = math.pi * dist * geom * fres / (4 * n_l * n_v + 1e-4)
-    ambient = ground + (sky - ground) * (0.5 + 0.5 * nrm[..., 1:2])  # irradiance-like sky/ground blend
-    diffuse = albedo * (1 - metal4) * (key_strength * n_l + 0.5 * ambient)
-    refl = 2 * n_v * nrm - view
-    width = 0.04 + 0.8 * rough4**2  # the horizon blurs with roughness
-    env = ground + (sky - ground) * torch.sigmoid(refl[..., 1:2] / width)
-    env_fres = f0 + (torch.clamp(1 - rough4, min=f0) - f0) * (1 - n_v) ** 5
-    linear = diffuse + key_strength * spec * n_l + env_fres * env * 0.9
-    unlit = (torch.rand(n, generator=g) < 0.1).view(n, 1, 1, 1)
-    linear = torch.where(unlit, albedo, linear)
-
-    colour = _linear_to_srgb(linear)
+    colour = linear_to_srgb(linear)
     background = uniform(n, 0.35, 1.0, g).view(n, 1, 1, 1)
     image = torch.where(hit[..., None], colour, background).permute(0, 3, 1, 2)
     image = F.avg_pool2d(image, SUPERSAMPLE)
