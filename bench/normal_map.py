@@ -31,19 +31,9 @@ from csd_texture.mesh_io import load_mesh
 from csd_texture.optimize import PhotometricObjective, optimize
 from csd_texture.render import get_rasterizer
 from csd_texture.render.views import Surface, render_views
-from csd_texture.texture import BumpMap, ImageTexture, make_texture
+from csd_texture.testing import bump_reference
+from csd_texture.texture import ImageTexture, make_texture
 from csd_texture.uv import prepare_uv
-
-
-def bump_reference(size: int) -> tuple[ImageTexture, np.ndarray]:
-    """The reference texture and its (S, S, 3) tangent-space normals."""
-    bump = BumpMap(size)
-    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    with torch.no_grad():
-        bump.height.copy_(1.5 * torch.sin(2 * torch.pi * cols / 8) * torch.sin(2 * torch.pi * rows / 8))
-        normal = torch.nn.functional.normalize(bump.normal_image(), dim=1)[0].permute(1, 2, 0)
-    ones = torch.ones(size, size, 1)
-    return ImageTexture(torch.full((size, size, 3), 0.5), ones * 0.3, ones * 0.0, normal * 0.5 + 0.5), normal.numpy()
 
 
 def main() -> None:
@@ -58,6 +48,7 @@ def main() -> None:
     mesh = prepare_uv(load_mesh(trimesh.creation.icosphere(subdivisions=3)), texture_size=args.texture_size)
     surface = Surface.from_mesh(mesh, "cpu")
     reference, want_normal = bump_reference(args.texture_size)
+    want_normal = want_normal.numpy()
     cameras = orbit_cameras(8, args.render_size, bounding_radius(surface.vertices), elevation=35.0)
     grey = torch.full((8, 3), 0.5)
     print(f"icosphere ({mesh.num_faces} faces), {args.steps} steps, texture {args.texture_size}, "

@@ -355,3 +355,17 @@ def textured_red_ball(path: Path, size: int = 32, subdivisions: int = 2) -> Path
     maps = PBRMaps(albedo=red, roughness=np.full((size, size, 1), 0.6, np.float32),
                    metallic=np.zeros((size, size, 1), np.float32), coverage=np.ones((size, size), bool))
     return export_textured_mesh(mesh, maps, path, {"prompt": "a red ball"})
+
+
+def bump_reference(size: int):
+    """A grey, fairly smooth dielectric ImageTexture with a sine bump pattern (period 8 texels), and
+    its (S, S, 3) tangent-space normals: the known answer of the normal-map recovery test and bench."""
+    from .texture import BumpMap, ImageTexture
+
+    bump = BumpMap(size)
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    with torch.no_grad():
+        bump.height.copy_(1.5 * torch.sin(2 * torch.pi * cols / 8) * torch.sin(2 * torch.pi * rows / 8))
+        normal = torch.nn.functional.normalize(bump.normal_image(), dim=1)[0].permute(1, 2, 0)
+    ones = torch.ones(size, size, 1)
+    return ImageTexture(torch.full((size, size, 3), 0.5), ones * 0.3, ones * 0.0, normal * 0.5 + 0.5), normal

@@ -24,8 +24,8 @@ from csd_texture.optimize import PhotometricObjective, optimize
 from csd_texture.render import get_rasterizer
 from csd_texture.render.tangents import perturbed_normal, vertex_tangents
 from csd_texture.render.views import Surface, render_views
+from csd_texture.testing import bump_reference
 from csd_texture.texture import (
-    BumpMap,
     HybridTexture,
     ImageTexture,
     NormalMappedTexture,
@@ -63,18 +63,6 @@ def _cube(rotation: np.ndarray | None = None) -> MeshData:
 
 
 ROTATION = trimesh.transformations.rotation_matrix(0.6, [1.0, 2.0, 0.5])[:3, :3]
-
-
-def _bump_reference(size: int = SIZE) -> tuple[ImageTexture, torch.Tensor]:
-    """A grey, fairly smooth dielectric with a sine bump pattern (period 8 texels), and its (S, S, 3)
-    tangent-space normals."""
-    bump = BumpMap(size)
-    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    with torch.no_grad():
-        bump.height.copy_(1.5 * torch.sin(2 * torch.pi * cols / 8) * torch.sin(2 * torch.pi * rows / 8))
-        normal = torch.nn.functional.normalize(bump.normal_image(), dim=1)[0].permute(1, 2, 0)
-    ones = torch.ones(size, size, 1)
-    return ImageTexture(torch.full((size, size, 3), 0.5), ones * 0.3, ones * 0.0, normal * 0.5 + 0.5), normal
 
 
 def _views(count: int = 4, resolution: int = 48, elevation: float = 30.0):
@@ -150,7 +138,7 @@ def test_flat_normal_map_renders_as_no_normal_map(light):
     a = render_views(surface, flat_image, cameras, lighting, RASTERIZER, background).image
     b = render_views(surface, no_map, cameras, lighting, RASTERIZER, background).image
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
-    bump_texture, _ = _bump_reference()
+    bump_texture, _ = bump_reference(SIZE)
     c = render_views(surface, bump_texture, cameras, lighting, RASTERIZER, background).image
     assert (c - b).abs().max() > 0.1  # and a real bump does change the render
 
@@ -172,7 +160,7 @@ def test_bump_gradient_is_finite_on_a_face_that_looks_straight_up():
 def test_photometric_objective_recovers_a_bump_pattern():
     mesh = _cube(ROTATION)
     surface = Surface.from_mesh(mesh, "cpu")
-    reference, want = _bump_reference()
+    reference, want = bump_reference(SIZE)
     config = Config(steps=80, render_size=48, texture_size=SIZE, views_per_step=2, unlit_fraction=0.0,
                     ema_decay=0.0, normal_map=True)
     torch.manual_seed(0)
