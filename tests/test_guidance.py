@@ -1,6 +1,7 @@
 """CSD guidance: model loading, the gradient formula, prompts and the loss's gradient."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,17 @@ def test_hub_check_goes_through_the_proxy(monkeypatch: pytest.MonkeyPatch) -> No
         close_session()
     assert not direct and proxied
     assert seen and seen[0].startswith("http://hub.invalid")
+
+
+def test_a_prompt_longer_than_the_tokenizer_is_named_not_cut_silently(tiny_guidance: CSDGuidance, caplog) -> None:
+    limit = tiny_guidance.text.tokenizers[0].model_max_length
+    with caplog.at_level(logging.WARNING, logger="csd_texture"):
+        tiny_guidance.encode_prompts("a red ball", "", view_dependent=False)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    long_prompt = "a red ball " + " ".join(["with blue stripes"] * limit)
+    with caplog.at_level(logging.WARNING, logger="csd_texture"):
+        tiny_guidance.encode_prompts(long_prompt, "ugly " * limit)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages  # the prompt (its suffixed form is not named again) and the negative prompt
+    assert messages[0].startswith("the prompt is longer than the model's") and "stripes" in messages[0], messages
+    assert messages[1].startswith("the negative prompt is longer") and "ugly" in messages[1], messages

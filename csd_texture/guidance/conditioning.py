@@ -28,6 +28,16 @@ class TextConditioning:
         self.image_size = image_size
         self.zero_empty_prompt = zero_empty_prompt and self.pooled
 
+    def cut_off(self, text: str) -> str | None:
+        """The part of `text` the first tokenizer truncates away (the model never reads it), or None
+        when the whole text fits in its `model_max_length` tokens (start and end tokens included)."""
+        tokenizer = self.tokenizers[0]
+        ids = tokenizer(text, truncation=False, verbose=False).input_ids
+        limit = tokenizer.model_max_length
+        if len(ids) <= limit:
+            return None
+        return tokenizer.decode(ids[limit - 1:-1], skip_special_tokens=True).strip() or "(end token)"
+
     @torch.no_grad()
     def encode(self, texts: list[str]) -> torch.Tensor:
         """(N, L, D) embeddings for SD; (N, L + 1, max(D, P)) with the pooled row last for SDXL."""

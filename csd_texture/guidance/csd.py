@@ -121,9 +121,23 @@ class CSDGuidance:
     def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> PromptEmbeds:
         """View-dependent prompt embeddings (or the prompt as given for every view bucket when
         `view_dependent` is off), the negative prompt and the empty prompt."""
-        cond = self.encode_text(view_prompts(prompt) if view_dependent else [prompt.strip()] * len(VIEW_BUCKETS))
+        conditioned = view_prompts(prompt) if view_dependent else [prompt.strip()] * len(VIEW_BUCKETS)
+        self._warn_if_cut(prompt.strip(), negative_prompt, conditioned)
+        cond = self.encode_text(conditioned)
         negative, null = self.encode_text([negative_prompt, ""]).chunk(2)
         return PromptEmbeds(cond=cond, negative=negative, null=null)
+
+    def _warn_if_cut(self, prompt: str, negative_prompt: str, conditioned: list[str]) -> None:
+        """Warn about what the tokenizer would drop unseen: the end of the prompt, of the negative
+        prompt, or (when the prompt itself fits) of the prompt with its view suffix."""
+        limit = self.text.tokenizers[0].model_max_length
+        texts = {"the prompt": prompt, "the negative prompt": negative_prompt}
+        if self.text.cut_off(prompt) is None:  # a prompt that is cut is cut with its suffix too: one line is enough
+            texts["the prompt with its view suffix (--view-prompts off drops the suffix)"] = max(conditioned, key=len)
+        for label, text in texts.items():
+            cut = self.text.cut_off(text)
+            if cut is not None:
+                log.warning("%s is longer than the model's %d tokens; the model ignores its end: %r", label, limit, cut)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) sRGB in [0, 1] -> (B, 4, h, w) latents (differentiable)."""
