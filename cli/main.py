@@ -111,6 +111,10 @@ def settings_options(func: Callable) -> Callable:
                      help="Light for optimisation and previews: HDR environments (default) or the old directional light."),
         click.option("--roughness", metavar="V|LO,HI", help="Pin roughness to V or bound it to LO,HI [default: 0.08,1]."),
         click.option("--metallic", metavar="V|LO,HI", help="Pin metallic to V (e.g. 0) or bound it to LO,HI [default: 0,1]."),
+        click.option("--material-prior", type=click.FloatRange(0.0, 10.0),
+                     help="How hard roughness and metallic are pulled back to a neutral start each step: 0 lets "
+                          "the prompt move them freely (more drift where it names no material), higher holds "
+                          "them [default: 1]."),
         click.option("--view-prompts", type=click.Choice(["auto", "off"]),
                      help="Append ', front view' etc. by camera (auto, default) or use the prompt as given (off)."),
         click.option("--device", help="auto, cpu, cuda or cuda:N [default: auto]."),
@@ -177,6 +181,7 @@ def build_config(config_file: Path | None, preset_name: str, options: dict[str, 
         "lighting": options.get("lighting"),
         "roughness": options.get("roughness"),
         "metallic": options.get("metallic"),
+        "material_prior": options.get("material_prior"),
         "view_prompts": options.get("view_prompts"),
         "device": options.get("device"),
         "renderer": options.get("renderer"),

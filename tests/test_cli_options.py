@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from csd_texture.config import PRESETS, Config, Schedule, edit_settings, load_config, preset, save_config
 from csd_texture.errors import ConfigError
-from csd_texture_cli.main import build_config, parse_timestep_range
+from csd_texture_cli.main import build_config, main, parse_timestep_range
 
 
 def options(**values):
@@ -28,6 +29,14 @@ def test_guidance_variant_and_schedules() -> None:
     assert parse_timestep_range("0.2,0.6") == (Schedule(0.2, 0.2), Schedule(0.6, 0.6))
     with pytest.raises(click.BadParameter, match="LOW,HIGH"):
         parse_timestep_range("0.5")
+
+
+def test_material_options_reach_the_settings(tmp_path) -> None:
+    config = build_config(None, "balanced", options(material_prior=0.3, roughness="0.3,0.9", metallic="0"))
+    assert config.material_prior == 0.3 and config.roughness == (0.3, 0.9) and config.metallic == (0.0, 0.0)
+    assert build_config(None, "balanced", options()).material_prior == Config().material_prior
+    result = CliRunner().invoke(main, [str(tmp_path / "m.obj"), "a ball", "--material-prior", "11"])
+    assert result.exit_code == 2 and "--material-prior" in result.output, result.output
 
 
 def test_edit_runs_half_the_steps_by_one_rule_for_cli_and_api() -> None:

@@ -293,15 +293,13 @@ def test_cli_stripes_are_periodic_in_two_colours(meshes, tmp_path):
 # outside the prior's vocabulary: the tokenizer cuts them into 45 letters, truncated at 24, which
 # points the negative push anywhere) and a weaker material prior (the default, 1.0, holds metallic
 # near 0.01 against this weak guidance; 0.3 still keeps "a matte clay ball" at metallic 0.05).
-MATERIAL_CLI = ("--negative-prompt", "")
+MATERIAL_CLI = ("--negative-prompt", "", "--material-prior", "0.3")
 
 
 @pytest.fixture(scope="module")
 def material_runs(meshes, tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
     folder = tmp_path_factory.mktemp("materials")
-    config = folder / "materials.json"
-    config.write_text('{"material_prior": 0.3}')
-    args = (*MATERIAL_CLI, "--config", str(config))
+    args = MATERIAL_CLI
     return {"metal": run_cli(meshes["sphere"], "a shiny metal ball", folder / "metal.glb", *args),
             "clay": run_cli(meshes["sphere"], "a matte clay ball", folder / "clay.glb", *args),
             "flipped": run_cli(meshes["sphere"], "a shiny metal ball", folder / "flipped.glb", *args,
