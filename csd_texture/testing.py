@@ -369,3 +369,14 @@ def bump_reference(size: int):
         normal = torch.nn.functional.normalize(bump.normal_image(), dim=1)[0].permute(1, 2, 0)
     ones = torch.ones(size, size, 1)
     return ImageTexture(torch.full((size, size, 3), 0.5), ones * 0.3, ones * 0.0, normal * 0.5 + 0.5), normal
+
+
+def load_ddim_pipeline(folder):
+    """A StableDiffusionPipeline from `folder` with a DDIM sampler and no progress bar: how the test
+    priors are sampled by their tests and their training scripts' checks."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -32,6 +32,7 @@ from csd_texture.pattern_metrics import (
     rgb_to_hsv,
     two_colours,
 )
+from csd_texture.testing import load_ddim_pipeline
 
 PRIOR = Path(__file__).parent / "data" / "pattern-prior"
 TOOLS = Path(__file__).parents[1] / "tools"
@@ -43,12 +44,7 @@ HIGHLIGHT_THRESHOLD = 0.18  # between matte renders (75% below 0.15) and glossy/
 
 @pytest.fixture(scope="module")
 def pipe():
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(PRIOR)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_ddim_pipeline(PRIOR)
 
 
 @pytest.fixture(scope="module")

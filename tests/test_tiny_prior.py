@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from csd_texture.testing import NAMED_HUES, hue_distance, mean_color_hsv, nearest_named_hue
+from csd_texture.testing import (
+    NAMED_HUES,
+    hue_distance,
+    load_ddim_pipeline,
+    mean_color_hsv,
+    nearest_named_hue,
+)
 
 TINY_PRIOR = Path(__file__).parent / "data" / "tiny-prior"
 COLOURS = ("red", "yellow", "green", "blue")
@@ -22,12 +28,7 @@ WORDS = ("a", "an", "with", "view", "red", "yellow", "green", "blue", "plain", "
 
 @pytest.fixture(scope="module")
 def pipe():
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(TINY_PRIOR)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_ddim_pipeline(TINY_PRIOR)
 
 
 def embed(pipe, texts: list[str]) -> torch.Tensor:

@@ -18,6 +18,7 @@ from csd_texture.pattern_metrics import (
     highlight_peak,
     pattern_features,
 )
+from csd_texture.testing import load_ddim_pipeline
 
 # caption -> (pattern class, colour names) the samples must show
 PATTERN_CAPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -37,15 +38,6 @@ MATERIAL_CAPTIONS: dict[str, bool] = {
     "a matte red clay ball": False,
 }
 HIGHLIGHT_THRESHOLD = 0.18  # highlight_peak between matte (75% below 0.15) and glossy/metal renders (75% above 0.22)
-
-
-def load_sampler(folder: Path | str):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def sample(pipe, caption: str, n: int, seed: int, steps: int = 20, guidance: float = 7.5):
@@ -119,7 +111,7 @@ def random_baseline(pipe):
 
 def evaluate(folder: Path, log, seed: int = 0, n: int = 12) -> dict:
     t0 = time.time()
-    pipe = load_sampler(folder)
+    pipe = load_ddim_pipeline(folder)
     report: dict = {"vae_reconstruction": reconstruction(pipe.vae)}
     for pattern, r in report["vae_reconstruction"].items():
         log(f"vae {pattern:12s} mse {r['mse']:.4f}  psnr {r['psnr_db']:.1f} dB  same class {r['same_class_after_reconstruction']:.2f}")
@@ -148,7 +140,7 @@ def sample_sheet(folder: Path, path: Path, n: int = 8, seed: int = 0) -> None:
     """Write a contact sheet PNG: one row of `n` samples (64x64) per caption of SHEET_CAPTIONS."""
     from PIL import Image
 
-    pipe = load_sampler(folder)
+    pipe = load_ddim_pipeline(folder)
     rows = [torch.cat(list(sample(pipe, caption, n, seed)), 1) for caption in SHEET_CAPTIONS]
     image = (torch.cat(rows, 0).clamp(0, 1) * 255).round().byte().numpy()
     Image.fromarray(image).save(path)
