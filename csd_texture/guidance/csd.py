@@ -131,11 +131,12 @@ class CSDGuidance:
         """Warn about what the tokenizer would drop unseen: the end of the prompt, of the negative
         prompt, or (when the prompt itself fits) of the prompt with its view suffix."""
         limit = self.text.tokenizers[0].model_max_length
-        texts = {"the prompt": prompt, "the negative prompt": negative_prompt}
-        if self.text.cut_off(prompt) is None:  # a prompt that is cut is cut with its suffix too: one line is enough
-            texts["the prompt with its view suffix (--view-prompts off drops the suffix)"] = max(conditioned, key=len)
-        for label, text in texts.items():
-            cut = self.text.cut_off(text)
+        prompt_cut = self.text.cut_off(prompt)
+        cuts = {"the prompt": prompt_cut, "the negative prompt": self.text.cut_off(negative_prompt)}
+        if prompt_cut is None:  # a prompt that is cut is cut with its suffix too: one line is enough
+            cuts["the prompt with its view suffix (--view-prompts off drops the suffix)"] = \
+                self.text.cut_off(max(conditioned, key=len))
+        for label, cut in cuts.items():
             if cut is not None:
                 log.warning("%s is longer than the model's %d tokens; the model ignores its end: %r", label, limit, cut)
 
