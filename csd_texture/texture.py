@@ -31,6 +31,11 @@ DEFAULT_INIT = {"albedo": 0.25, "roughness": 0.6, "metallic": 0.05}
 # prefers no material must not lift the 95th percentile past 0.15 (bench/quality.py: PBR recovery, drift).
 HYBRID_INIT = {**DEFAULT_INIT, "metallic": 0.01}
 METALLIC_GAIN = 6.0
+# ... and its roughness 1.5 times: CSD's roughness signal (the reflection's sharpness, render.shading) is weak
+# beside its noise; through the CLI (pattern prior, sphere, 120 steps) "a shiny metal ball" ends at roughness
+# 0.50 against 0.58 for "a matte clay ball" at 1x, 0.46 against 0.57 at 1.5x. At 2x a noise objective
+# pushes the 5th percentile below 0.35 (0.33 on one of 4 seeds; 1.5x: 0.39-0.44; tests/test_recipe.py drift).
+ROUGHNESS_GAIN = 1.5
 GRID_SIZES = (8, 16, 32, 64)  # dense 3D grid levels of HybridTexture over [-1, 1]^3
 MIN_MIP_SIZE = 4
 
@@ -178,8 +183,8 @@ class HybridTexture(torch.nn.Module):
     the box) is about 1% of the bounding diagonal, so everything coarser is seamless by
     construction. detail: (1, 3, size, size) UV image of albedo only, high-passed (`high_pass`)
     and mip-sampled by the pixel's footprint; roughness and metallic come from the grids alone (smooth materials,
-    as DreamMat/Fantasia3D regularise them). Materials start at HYBRID_INIT; the grids' metallic
-    channel is scaled by METALLIC_GAIN.
+    as DreamMat/Fantasia3D regularise them). Materials start at HYBRID_INIT; the grids' roughness and
+    metallic channels are scaled by ROUGHNESS_GAIN and METALLIC_GAIN.
     """
 
     def __init__(self, size: int, grid_sizes: tuple[int, ...] = GRID_SIZES,
@@ -193,7 +198,7 @@ class HybridTexture(torch.nn.Module):
         )
         self.detail = torch.nn.Parameter(torch.zeros(1, 3, size, size))
         self.register_buffer("bias", _init_bias(material, HYBRID_INIT))
-        self.register_buffer("gain", torch.tensor([1.0, 1.0, 1.0, 1.0, METALLIC_GAIN]))
+        self.register_buffer("gain", torch.tensor([1.0, 1.0, 1.0, ROUGHNESS_GAIN, METALLIC_GAIN]))
 
     def forward(self, uv: torch.Tensor, position: torch.Tensor,
                 footprint: torch.Tensor | None = None) -> SurfaceSample:
