@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 # hue centre (degrees) of the hued colour names; white, black, grey and brown by rules below
 HUE_NAMES: dict[str, float] = {"red": 0.0, "orange": 28.0, "yellow": 55.0, "green": 120.0, "blue": 225.0,
@@ -114,8 +115,11 @@ class PatternFeatures:
     |image - blur| (patterns are sharp, shading is smooth); coherence: how much the gradients of
     the two-colour field share one orientation (stripes ~1, checks/dots/noise low); orientation:
     the dominant gradient direction in degrees [0, 180); periodicity: share of the windowed
-    spectrum's power (without DC) in its strongest frequency pair; blobs: connected minority
-    regions that do not touch the crop border; blob_area: their mean area in pixels."""
+    spectrum's power (without DC) in its strongest frequency pair; islands: connected minority
+    regions of at least ISLAND_MIN_AREA pixels; inner_islands: those of them that do not touch the
+    crop's border; island_area: their mean area in pixels; sea: the
+    share of the majority colour in its largest connected region (dots on a ground: ~1; stripes
+    and checks cut the majority into pieces)."""
 
     separation: torch.Tensor
     minority: torch.Tensor
@@ -123,8 +127,10 @@ class PatternFeatures:
     coherence: torch.Tensor
     orientation: torch.Tensor
     periodicity: torch.Tensor
-    blobs: torch.Tensor
-    blob_area: torch.Tensor
+    islands: torch.Tensor
+    inner_islands: torch.Tensor
+    island_area: torch.Tensor
+    sea: torch.Tensor
     split: TwoColours
 
 
@@ -140,26 +146,13 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def _components(mask: np.ndarray) -> list[tuple[int, bool]]:
-    """(area, touches border) of the 4-connected True regions of a 2-D mask."""
-    h, w = mask.shape
-    seen = np.zeros_like(mask, dtype=bool)
-    out = []
-    for y0, x0 in zip(*np.nonzero(mask)):
-        if seen[y0, x0]:
-            continue
-        stack, area, border = [(y0, x0)], 0, False
-        seen[y0, x0] = True
-        while stack:
-            y, x = stack.pop()
-            area += 1
-            border |= y in (0, h - 1) or x in (0, w - 1)
-            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
-                    stack.append((ny, nx))
-        out.append((area, border))
-    return out
+def _regions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Areas (k,) of the 4-connected True regions of a 2-D mask (scipy.ndimage.label) and whether
+    each touches the mask's border (k,) bool."""
+    labels, count = ndimage.label(mask)
+    border = np.zeros(count + 1, dtype=bool)
+    border[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+    return np.bincount(labels.ravel(), minlength=count + 1)[1:], border[1:]
 
 
 def pattern_features(images, fraction: float = 0.44) -> PatternFeatures:
@@ -190,31 +183,40 @@ def pattern_features(images, fraction: float = 0.44) -> PatternFeatures:
     power[:, 0, 0] = 0.0
     periodicity = 2 * power.flatten(1).max(1).values / power.flatten(1).sum(1).clamp(min=1e-12)
 
-    blobs, blob_area = [], []
+    islands, inner_islands, island_area, sea = [], [], [], []
     for labels in split.labels.numpy():
-        inner = [a for a, border in _components(labels) if not border]
-        blobs.append(len(inner))
-        blob_area.append(float(np.mean(inner)) if inner else 0.0)
+        areas, border = _regions(labels)
+        big = areas >= ISLAND_MIN_AREA
+        ground, _ = _regions(~labels)
+        islands.append(int(big.sum()))
+        inner_islands.append(int((big & ~border).sum()))
+        island_area.append(float(areas[big].mean()) if big.any() else 0.0)
+        sea.append(float(ground.max() / ground.sum()) if len(ground) else 0.0)
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.float64)
     return PatternFeatures(split.separation, split.minority, highpass, coherence, orientation, periodicity.clamp(max=1.0),
-                           torch.tensor(blobs, dtype=torch.float64), torch.tensor(blob_area, dtype=torch.float64), split)
+                           as_tensor(islands), as_tensor(inner_islands), as_tensor(island_area), as_tensor(sea), split)
 
 
 def classify_patterns(images, fraction: float = 0.44) -> list[str]:
     """One of PATTERN_CLASSES per image, by thresholds on `pattern_features`:
-    plain: one colour (clusters close, or no sharp detail); stripes: coherent gradient
-    orientation; dots: several small closed blobs of the minority colour covering under 35%;
-    checkerboard: minority near half, incoherent; other: anything else (marble, wood, noise)."""
+    plain: one colour (clusters close, or no sharp detail); dots: two or more islands of the
+    minority colour, under 40% of the crop, in one connected ground of the other, one of them
+    wholly inside the crop unless the gradients are incoherent (two stripes at the crop's edges
+    are islands too); stripes: coherent gradient orientation; checkerboard: minority near half,
+    incoherent; other: anything else (marble, wood, noise). The thresholds were set on the
+    training renders of tools/train_pattern_prior.py (`pattern_prior_eval.py --confusion` prints
+    how often each true pattern gets each class)."""
     feats = pattern_features(images, fraction)
     out = []
     for i in range(len(feats.separation)):
         sep, minority, hp, coh = (float(t[i]) for t in (feats.separation, feats.minority, feats.highpass, feats.coherence))
-        blobs, area = int(feats.blobs[i]), float(feats.blob_area[i])
+        islands, inner, sea = int(feats.islands[i]), int(feats.inner_islands[i]), float(feats.sea[i])
         if sep < PLAIN_SEPARATION or hp < PLAIN_HIGHPASS or minority < 0.03:
             out.append("plain")
+        elif minority < 0.4 and islands >= 2 and sea >= DOTS_GROUND and (inner >= 1 or coh < STRIPES_COHERENCE):
+            out.append("dots")
         elif coh >= STRIPES_COHERENCE:
             out.append("stripes")
-        elif minority < 0.35 and blobs >= 2 and area < 60:
-            out.append("dots")
         elif minority >= 0.3:
             out.append("checkerboard")
         else:
@@ -225,6 +227,8 @@ def classify_patterns(images, fraction: float = 0.44) -> list[str]:
 PLAIN_SEPARATION = 0.2
 PLAIN_HIGHPASS = 0.01
 STRIPES_COHERENCE = 0.6
+DOTS_GROUND = 0.97
+ISLAND_MIN_AREA = 3  # pixels; smaller regions are noise or anti-aliasing
 
 
 def highlight_peak(images, fraction: float = 0.6) -> torch.Tensor:

@@ -94,6 +94,18 @@ def reconstruction(vae, n_per_pattern: int = 48, seed: int = 10**6) -> dict:
     return out
 
 
+def classifier_confusion(n: int = 600, seed: int = 7) -> dict[str, dict[str, float]]:
+    """How often the classifier gives each class to held-out training renders (named colours) of
+    each true pattern: the ceiling a sample's pattern accuracy can be read against."""
+    images, labels = draw_scenes(n, torch.Generator().manual_seed(seed), named_fraction=1.0)
+    classes = classify_patterns(images.permute(0, 2, 3, 1))
+    out: dict[str, dict[str, float]] = {}
+    for pattern in PATTERNS:
+        got = [c for c, label in zip(classes, labels) if label["pattern"] == pattern]
+        out[pattern] = {c: round(got.count(c) / len(got), 3) for c in sorted(set(got), key=got.count, reverse=True)}
+    return out
+
+
 def random_baseline(pipe):
     """The same pipeline with freshly initialised UNet and text encoder weights (seed 0)."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
@@ -112,7 +124,9 @@ def random_baseline(pipe):
 def evaluate(folder: Path, log, seed: int = 0, n: int = 12) -> dict:
     t0 = time.time()
     pipe = load_ddim_pipeline(folder)
-    report: dict = {"vae_reconstruction": reconstruction(pipe.vae)}
+    report: dict = {"classifier_on_training_renders": classifier_confusion(), "vae_reconstruction": reconstruction(pipe.vae)}
+    for pattern, shares in report["classifier_on_training_renders"].items():
+        log(f"classifier on {pattern:12s} renders: {shares}")
     for pattern, r in report["vae_reconstruction"].items():
         log(f"vae {pattern:12s} mse {r['mse']:.4f}  psnr {r['psnr_db']:.1f} dB  same class {r['same_class_after_reconstruction']:.2f}")
     baseline = random_baseline(pipe)
@@ -149,8 +163,16 @@ def sample_sheet(folder: Path, path: Path, n: int = 8, seed: int = 0) -> None:
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description="Contact sheet of a pattern prior's samples (rows: SHEET_CAPTIONS).")
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--sheet", type=Path, required=True, help="PNG to write")
+    parser = argparse.ArgumentParser(description="Contact sheet of a pattern prior's samples (rows: SHEET_CAPTIONS), "
+                                                 "or the classifier's confusion on training renders.")
+    parser.add_argument("folder", type=Path, nargs="?")
+    parser.add_argument("--sheet", type=Path, help="PNG to write")
+    parser.add_argument("--confusion", action="store_true", help="print the classifier's classes per true pattern")
     args = parser.parse_args()
-    sample_sheet(args.folder, args.sheet)
+    if args.confusion:
+        for pattern, shares in classifier_confusion().items():
+            print(f"{pattern:12s} {shares}")
+    if args.sheet:
+        if args.folder is None:
+            parser.error("--sheet needs FOLDER")
+        sample_sheet(args.folder, args.sheet)
