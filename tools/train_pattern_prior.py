@@ -5,10 +5,12 @@ can tell a striped texture from a plain one, or a metal from clay. This script r
 captioned image set procedurally and trains a small Stable Diffusion on it, on CPU, in the
 diffusers folder format of a real model (`StableDiffusionPipeline.from_pretrained(folder)`):
 
-* images: 64x64 renders of a sphere, cube or cylinder (bounding sphere filling
-  the frame as the texturing cameras frame a mesh, elevation -10..50 degrees, any azimuth) over a
-  grey background, with a solid (object-space) procedural texture: plain, stripes (periods of
-  about 10-26 pixels, horizontal bands, vertical or any angle), checkerboard, dots, marble
+* images: 64x64 renders of a sphere, cube or cylinder, seen through perspective cameras framed as
+  the texturing loop frames a mesh (`cameras.make_cameras` with the default field of view 35-50
+  degrees and distance scale 0.75-1.2, so close-ups crop the object; elevation -20..50 degrees,
+  any azimuth) over a grey background, with a solid (object-space) procedural texture: plain,
+  stripes (periods of about 9-30 pixels, horizontal bands, vertical or any angle), checkerboard,
+  dots (7-12 pixels, 2-3 across the classifiers' central crop), marble
   (turbulent veins) or wood rings; colours named (red, orange, yellow, green, blue, purple, pink,
   brown, white, black, grey; gold and silver for metals) or arbitrary; a material class (matte:
   roughness 0.65-1; glossy: roughness 0.05-0.3; metal: roughness 0.05-0.35, metallic 0.85-1, not for marble and wood;
@@ -121,20 +123,25 @@ def _rotation(n: int, g: torch.Generator) -> torch.Tensor:
 
 
 def _rays(n: int, res: int, g: torch.Generator):
-    """Orthographic camera rays in object space. Returns origins, directions (n, res, res, 3),
-    elevation and azimuth in degrees (n,), and the unit vector towards the camera (n, 3)."""
-    elev = uniform(n, -10.0, 50.0, g)
+    """Perspective camera rays in object space, framed as the texturing loop frames a mesh
+    (`cameras.make_cameras`: field of view 35-50 degrees, the bounding sphere (radius 1) fitting it
+    with a 1.1 margin, times a distance scale 0.75-1.2, so close-ups crop the object). Returns
+    origins, directions (n, res, res, 3), elevation and azimuth in degrees (n,), and the unit
+    vector towards the camera (n, 3)."""
+    elev = uniform(n, -20.0, 50.0, g)
     azim = uniform(n, -180.0, 180.0, g)
-    zoom = uniform(n, 1.02, 1.3, g)  # half-frame in units of the bounding radius
+    half_fov = torch.deg2rad(uniform(n, 35.0, 50.0, g)) / 2
+    distance = 1.1 / torch.sin(half_fov) * uniform(n, 0.75, 1.2, g)
     e, a = torch.deg2rad(elev), torch.deg2rad(azim)
     to_cam = torch.stack([torch.cos(e) * torch.sin(a), torch.sin(e), torch.cos(e) * torch.cos(a)], -1)
     right = torch.stack([torch.cos(a), torch.zeros(n), -torch.sin(a)], -1)
     up = torch.linalg.cross(to_cam, right)
     c = (torch.arange(res, dtype=torch.float32) + 0.5) / res * 2 - 1
     yy, xx = torch.meshgrid(-c, c, indexing="ij")
-    zc = zoom[:, None, None, None]
-    origin = 3.0 * to_cam[:, None, None] + zc * (xx[None, ..., None] * right[:, None, None] + yy[None, ..., None] * up[:, None, None])
-    direction = (-to_cam)[:, None, None].expand_as(origin)
+    t = torch.tan(half_fov)[:, None, None, None]
+    direction = F.normalize(-to_cam[:, None, None] + t * (xx[None, ..., None] * right[:, None, None]
+                                                         + yy[None, ..., None] * up[:, None, None]), dim=-1)
+    origin = (distance[:, None] * to_cam)[:, None, None].expand_as(direction)
     return origin, direction, elev, azim, to_cam
 
 
@@ -199,21 +206,21 @@ def _pattern_mask(pattern: torch.Tensor, p: torch.Tensor, g: torch.Generator) ->
     n = p.shape[0]
     col = lambda t: t.view(n, 1, 1)
     q = torch.einsum("nhwi,nij->nhwj", p, _rotation(n, g))
-    # stripes: 40% horizontal bands, 20% vertical, 40% any angle; period 0.35-0.9 (about 10-26 px)
+    # stripes: 40% horizontal bands, 20% vertical, 40% any angle; period 0.3-0.75 (about 9-30 px with the framing)
     kind = torch.rand(n, generator=g)
     k = torch.where((kind < 0.4)[:, None], torch.tensor([0.0, 1.0, 0.0]),
                     torch.where((kind < 0.6)[:, None], F.normalize(torch.randn(n, 3, generator=g) * torch.tensor([1.0, 0.0, 1.0]), dim=-1),
                                 F.normalize(torch.randn(n, 3, generator=g), dim=-1)))
-    period = col(uniform(n, 0.35, 0.9, g))
+    period = col(uniform(n, 0.3, 0.75, g))
     s = torch.sin(2 * math.pi * (p * k[:, None, None]).sum(-1) / period + col(uniform(n, 0, 2 * math.pi, g)))
     stripes = (0.5 + 4.0 * (s + col(uniform(n, -0.2, 0.2, g)))).clamp(0, 1)
 
-    cell = col(uniform(n, 0.28, 0.5, g))
+    cell = col(uniform(n, 0.25, 0.42, g))
     soft = lambda a: torch.clamp(torch.sin(math.pi * a / cell) * 4.0, -1.0, 1.0)
     checker = 0.5 + 0.5 * soft(q[..., 0]) * soft(q[..., 1]) * soft(q[..., 2])
 
-    spacing = uniform(n, 0.5, 0.8, g)  # dots of about 8-18 px, so they survive the 8x8 latent
-    radius = col(spacing * uniform(n, 0.28, 0.38, g))
+    spacing = uniform(n, 0.38, 0.55, g)  # dots of about 7-12 px, 2-3 per 28 px (the classifier's crop)
+    radius = col(spacing * uniform(n, 0.3, 0.38, g))
     f = (q / spacing.view(n, 1, 1, 1) + torch.rand(n, 1, 1, 3, generator=g)) % 1.0 - 0.5
     dots = ((radius - f.norm(dim=-1) * col(spacing)) / 0.03 + 0.5).clamp(0, 1)
 
@@ -319,7 +326,7 @@ def draw_scenes(n: int, g: torch.Generator, size: int = IMAGE_SIZE, named_fracti
     # image-based light from the bundled HDR environments, random environment, rotation about +Y
     # and intensity, some unlit views), so the prior knows what metal and clay look like under
     # exactly the light the guidance sees.
-    view = to_cam[:, None, None].expand_as(normal).contiguous()
+    view = -direction  # per-pixel direction towards the camera (perspective)
     unlit = torch.rand(n, generator=g) < 0.1
     lighting = EnvironmentLighting(
         ENVIRONMENTS, torch.randint(0, len(ENVIRONMENTS.names), (n,), generator=g),
