@@ -48,6 +48,15 @@ def perspective(fov_deg: torch.Tensor, near: torch.Tensor, far: torch.Tensor) ->
     return proj
 
 
+FIT_MARGIN = 1.1  # the bounding sphere fills 1/1.1 of the field of view at distance scale 1
+
+
+def fitting_distance(radius: float, fov: torch.Tensor) -> torch.Tensor:
+    """(B,) camera distance at which a bounding sphere of `radius` fits a field of view `fov`
+    (B,) degrees with the FIT_MARGIN."""
+    return radius * FIT_MARGIN / torch.sin(torch.deg2rad(fov) / 2)
+
+
 def make_cameras(
     elevation: torch.Tensor,
     azimuth: torch.Tensor,
@@ -62,7 +71,7 @@ def make_cameras(
     that crop the mesh). Angles in degrees, tensors of shape (B,)."""
     up, front, right = up_front_frame(up_axis)
     elev, azim = torch.deg2rad(elevation), torch.deg2rad(azimuth)
-    distance = radius * 1.1 / torch.sin(torch.deg2rad(fov) / 2)
+    distance = fitting_distance(radius, fov)
     if distance_scale is not None:
         distance = distance * distance_scale
     direction = (

@@ -66,6 +66,8 @@ from prior_common import (
     uniform,
 )
 
+from csd_texture.cameras import fitting_distance
+from csd_texture.config import Config
 from csd_texture.lighting import INTENSITY_RANGE, EnvironmentLighting, bundled_environments, environment_rotation
 from csd_texture.render.shading import linear_to_srgb, shade_environment, srgb_to_linear
 from csd_texture.testing import build_tokenizer, sd_ddpm_scheduler
@@ -124,14 +126,16 @@ def _rotation(n: int, g: torch.Generator) -> torch.Tensor:
 
 def _rays(n: int, res: int, g: torch.Generator):
     """Perspective camera rays in object space, framed as the texturing loop frames a mesh
-    (`cameras.make_cameras`: field of view 35-50 degrees, the bounding sphere (radius 1) fitting it
-    with a 1.1 margin, times a distance scale 0.75-1.2, so close-ups crop the object). Returns
-    origins, directions (n, res, res, 3), elevation and azimuth in degrees (n,), and the unit
-    vector towards the camera (n, 3)."""
-    elev = uniform(n, -20.0, 50.0, g)
+    (`cameras.fitting_distance` and the default `Config` field of view 35-50 degrees and distance
+    scale 0.75-1.2, so close-ups crop the object; elevation up to 50 degrees, past the loop's 40,
+    for the "overhead view" captions). Returns origins, directions (n, res, res, 3), elevation and
+    azimuth in degrees (n,), and the unit vector towards the camera (n, 3)."""
+    loop = Config()
+    elev = uniform(n, loop.elevation_range[0], 50.0, g)
     azim = uniform(n, -180.0, 180.0, g)
-    half_fov = torch.deg2rad(uniform(n, 35.0, 50.0, g)) / 2
-    distance = 1.1 / torch.sin(half_fov) * uniform(n, 0.75, 1.2, g)
+    fov = uniform(n, *loop.fov_range, g)
+    half_fov = torch.deg2rad(fov) / 2
+    distance = fitting_distance(1.0, fov) * uniform(n, *loop.distance_range, g)
     e, a = torch.deg2rad(elev), torch.deg2rad(azim)
     to_cam = torch.stack([torch.cos(e) * torch.sin(a), torch.sin(e), torch.cos(e) * torch.cos(a)], -1)
     right = torch.stack([torch.cos(a), torch.zeros(n), -torch.sin(a)], -1)
