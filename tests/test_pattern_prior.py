@@ -225,6 +225,20 @@ def run_cli(mesh: Path, prompt: str, out: Path, *extra: str) -> dict[str, np.nda
             "metallic": grey("metallic")}
 
 
+@pytest.fixture(scope="module")
+def stripes_runs(meshes, tmp_path_factory):
+    """`stripes_runs(shape)`: the CLI's "red and white stripes" on that shape, run once per module
+    (two tests judge the sphere's)."""
+    folder, done = tmp_path_factory.mktemp("stripes"), {}
+
+    def run(shape: str) -> dict[str, np.ndarray]:
+        if shape not in done:
+            done[shape] = run_cli(meshes[shape], "red and white stripes", folder / f"{shape}.glb")
+        return done[shape]
+
+    return run
+
+
 def banding(points: np.ndarray, colours: np.ndarray) -> dict:
     """Two dominant colours and how periodic their layout is on the surface.
 
@@ -265,11 +279,11 @@ def saturation(rgb: np.ndarray) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", ["sphere", "cylinder"])
-def test_cli_red_and_white_stripes_mix_both_colours_and_plain_red_is_red(meshes, shape, tmp_path):
+def test_cli_red_and_white_stripes_mix_both_colours_and_plain_red_is_red(meshes, stripes_runs, shape, tmp_path):
     """"red and white stripes" gives a red/pink texture with two colour clusters further apart than
     "a plain red object"'s, but not periodic bands (`is_striped` False; figures in
     tests/data/pattern-prior/README.md); "a plain red object" is red in one band."""
-    stripes = run_cli(meshes[shape], "red and white stripes", tmp_path / "stripes.glb")
+    stripes = stripes_runs(shape)
     plain = run_cli(meshes[shape], "a plain red object", tmp_path / "plain.glb")
     b, p = banding(stripes["points"], stripes["base"]), banding(plain["points"], plain["base"])
     assert bool(colour_matches(torch.from_numpy(plain["base"].mean(0)), "red")), plain["base"].mean(0)
@@ -294,9 +308,9 @@ def test_cli_flipped_guidance_moves_away_from_red_and_white(meshes, tmp_path):
                    "explains 12% of the red/white split (7 alternations); stripes need >= 40% and >= 3. With 240 steps and no "
                    "negative prompt the bands show but are wavy (16%); with the framing fixed as well (elevation 10, fov 40, "
                    "distance 1) 36%, 9 alternations")
-def test_cli_stripes_are_periodic_in_two_colours(meshes, tmp_path):
+def test_cli_stripes_are_periodic_in_two_colours(stripes_runs):
     """The issue's target, kept as a quality test for the recipe work: fails today, flags the day it passes."""
-    stripes = run_cli(meshes["sphere"], "red and white stripes", tmp_path / "stripes.glb")
+    stripes = stripes_runs("sphere")
     assert is_striped(banding(stripes["points"], stripes["base"]), ("red", "white"))
 
 
