@@ -24,14 +24,17 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml requirements/cpu.txt
 
 install: $(VENV)/.installed
 
+# One pytest-xdist worker per core; a file's tests stay on one worker (they share its fixtures).
+PYTEST_PARALLEL ?= -n auto --dist loadfile
+
 test: install
 	bash tools/install_test_deps.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 # The suite without the long end-to-end runs (marked slow), for quick local checks; `make test` runs everything.
 test-fast: install
 	bash tools/install_test_deps.sh
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_PARALLEL)
 
 demo: install
 	@echo "make demo: model $(or $(MODEL),default (Stable Diffusion 2.1-base)); MODEL=FOLDER_OR_ID picks another, MODEL= the default"

@@ -1,8 +1,20 @@
 """Shared pytest setup. Each part says whose it is; keep them separate."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+
+# --- parallel workers (make test runs pytest-xdist, one worker per core) -------------
+def pytest_configure(config: pytest.Config) -> None:
+    """In an xdist worker, torch and the CLIs the tests start use one thread each: the workers
+    already fill the cores, and two workers of two threads each on two cores run slower than one
+    thread each (measured while training the pattern prior on a busy 2-core machine)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 # --- gpu marker (render) -------------------------------------------------------------
