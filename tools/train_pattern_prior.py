@@ -51,6 +51,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -77,6 +78,18 @@ SUPERSAMPLE = 1  # 2 looks smoother but costs 4x; the texturing renders are not 
 SHAPES = ("sphere", "cube", "cylinder")
 ENVIRONMENTS = bundled_environments()
 PATTERNS = ("plain", "stripes", "checkerboard", "dots", "marble", "wood")
+
+
+@dataclass(frozen=True)
+class DataMix:
+    """How often each pattern and each stripe direction is drawn. The defaults made the shipped
+    folder; `pattern_weights` None draws the patterns uniformly. `stripe_kinds`: the shares of
+    horizontal bands (about the up axis) and of vertical ones; the rest run at any angle."""
+
+    pattern_weights: tuple[float, ...] | None = None
+    stripe_kinds: tuple[float, float] = (0.4, 0.2)
+
+
 MATERIALS = ("matte", "glossy", "metal")  # index -1: unlabelled (any roughness / metallic)
 # name: (hue centre, hue jitter, saturation range, value range) in sRGB HSV
 COLOURS: dict[str, tuple[float, float, tuple[float, float], tuple[float, float]]] = {
@@ -205,15 +218,17 @@ def _turbulence(q: torch.Tensor, g: torch.Generator, octaves: int = 4) -> torch.
     return out
 
 
-def _pattern_mask(pattern: torch.Tensor, p: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def _pattern_mask(pattern: torch.Tensor, p: torch.Tensor, g: torch.Generator, mix: DataMix = DataMix()) -> torch.Tensor:
     """Soft mask (n, H, W) in [0, 1] of the second colour for object-space points p (n, H, W, 3)."""
     n = p.shape[0]
     col = lambda t: t.view(n, 1, 1)
     q = torch.einsum("nhwi,nij->nhwj", p, _rotation(n, g))
-    # stripes: 40% horizontal bands, 20% vertical, 40% any angle; period 0.3-0.75 (about 9-30 px with the framing)
+    # stripes: horizontal bands, vertical or any angle (mix.stripe_kinds; by default 40%, 20%,
+    # 40%); period 0.3-0.75 (about 9-30 px with the framing)
+    horizontal, vertical = mix.stripe_kinds
     kind = torch.rand(n, generator=g)
-    k = torch.where((kind < 0.4)[:, None], torch.tensor([0.0, 1.0, 0.0]),
-                    torch.where((kind < 0.6)[:, None], F.normalize(torch.randn(n, 3, generator=g) * torch.tensor([1.0, 0.0, 1.0]), dim=-1),
+    k = torch.where((kind < horizontal)[:, None], torch.tensor([0.0, 1.0, 0.0]),
+                    torch.where((kind < horizontal + vertical)[:, None], F.normalize(torch.randn(n, 3, generator=g) * torch.tensor([1.0, 0.0, 1.0]), dim=-1),
                                 F.normalize(torch.randn(n, 3, generator=g), dim=-1)))
     period = col(uniform(n, 0.3, 0.75, g))
     s = torch.sin(2 * math.pi * (p * k[:, None, None]).sum(-1) / period + col(uniform(n, 0, 2 * math.pi, g)))
@@ -262,13 +277,15 @@ def _pick(seq, g: torch.Generator):
     return seq[int(torch.randint(0, len(seq), (1,), generator=g))]
 
 
-def draw_scenes(n: int, g: torch.Generator, size: int = IMAGE_SIZE, named_fraction: float = 0.65) -> tuple[torch.Tensor, list[dict]]:
+def draw_scenes(n: int, g: torch.Generator, size: int = IMAGE_SIZE, named_fraction: float = 0.65,
+                mix: DataMix = DataMix()) -> tuple[torch.Tensor, list[dict]]:
     """Render `n` random scenes. Returns sRGB images (n, 3, size, size) in [0, 1] and one label
     dict per image: shape, pattern, colours (names or None), material (name or None),
     roughness, metallic, view (bucket name) and unlit."""
     res = size * SUPERSAMPLE
     shape = torch.randint(0, len(SHAPES), (n,), generator=g)
-    pattern = torch.randint(0, len(PATTERNS), (n,), generator=g)
+    pattern = (torch.randint(0, len(PATTERNS), (n,), generator=g) if mix.pattern_weights is None
+               else torch.multinomial(torch.tensor(mix.pattern_weights), n, replacement=True, generator=g))
     material = torch.multinomial(torch.tensor([0.25, 0.3, 0.25, 0.2]), n, replacement=True, generator=g) - 1  # -1: unlabelled
     stone_or_wood = pattern >= PATTERNS.index("marble")
     material = torch.where(stone_or_wood & (material == 2), torch.ones_like(material), material)  # no wooden metal
@@ -322,7 +339,7 @@ def draw_scenes(n: int, g: torch.Generator, size: int = IMAGE_SIZE, named_fracti
             h, p, nn = _intersect(k, origin[idx], direction[idx])
             hit[idx], point[idx], normal[idx] = h, p, nn
 
-    m = _pattern_mask(pattern, point, g)[..., None]
+    m = _pattern_mask(pattern, point, g, mix)[..., None]
     c1, c2 = torch.stack(first), torch.stack(second)
     albedo = srgb_to_linear(c1[:, None, None] * (1 - m) + c2[:, None, None] * m)  # (n, res, res, 3) linear
 
@@ -445,7 +462,7 @@ def train_vae(vae, args, g, log, seconds: float) -> dict:
     while time.time() - t0 < seconds:
         for group in opt.param_groups:
             group["lr"] = cosine_lr(time.time() - t0, seconds, args.vae_lr, warmup=0.03 * seconds)
-        x = draw_scenes(args.vae_batch, g)[0] * 2 - 1
+        x = draw_scenes(args.vae_batch, g, mix=data_mix(args))[0] * 2 - 1
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
         recon = vae.decode(z).sample
@@ -470,7 +487,7 @@ def encode_pool(vae, args, g, log):
     means, stds, labels = [], [], []
     t0 = time.time()
     for start in range(0, args.pool, 256):
-        x, lab = draw_scenes(min(256, args.pool - start), g)
+        x, lab = draw_scenes(min(256, args.pool - start), g, mix=data_mix(args))
         posterior = vae.encode(x * 2 - 1).latent_dist
         means.append(posterior.mean)
         stds.append(posterior.std)
@@ -566,6 +583,10 @@ def resume(args, log) -> None:
     log(f"resumed for {(time.time() - t_start) / 60:.1f} min, saved {args.out}")
 
 
+def data_mix(args: argparse.Namespace) -> DataMix:
+    return DataMix(tuple(args.pattern_weights) if args.pattern_weights else None, tuple(args.stripe_kinds))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("tests/data/pattern-prior"))
@@ -581,6 +602,10 @@ def main(argv=None):
     parser.add_argument("--unet-lr", type=float, default=1e-3)
     parser.add_argument("--uncond-prob", type=float, default=0.12)
     parser.add_argument("--ema", type=float, default=0.998)
+    parser.add_argument("--pattern-weights", type=float, nargs=len(PATTERNS), metavar="W",
+                        help=f"relative shares of the patterns {', '.join(PATTERNS)} (default: equal)")
+    parser.add_argument("--stripe-kinds", type=float, nargs=2, metavar=("HORIZONTAL", "VERTICAL"), default=(0.4, 0.2),
+                        help="shares of horizontal and vertical stripes; the rest at any angle (default 0.4 0.2)")
     parser.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints")
     parser.add_argument("--eval-only", action="store_true", help="only measure --out and add to its train_report.json")
     parser.add_argument("--no-eval", action="store_true", help="skip the measurements after training")
