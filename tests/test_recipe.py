@@ -24,7 +24,16 @@ from csd_texture.optimize import CSDObjective, PhotometricObjective, learning_ra
 from csd_texture.render import get_rasterizer
 from csd_texture.render.shading import pbr_neutral_tonemap, shade_environment
 from csd_texture.render.views import Surface, barycentric_derivatives
-from csd_texture.texture import HybridTexture, ImageTexture, MaterialRange, make_texture, mip_pyramid, mip_sample
+from csd_texture.texture import (
+    FIELD_BOUND,
+    AlbedoField,
+    HybridTexture,
+    ImageTexture,
+    MaterialRange,
+    make_texture,
+    mip_pyramid,
+    mip_sample,
+)
 from csd_texture.uv import prepare_uv
 
 TINY_PRIOR = Path(__file__).parent / "data" / "tiny-prior"
@@ -85,7 +94,24 @@ def test_hybrid_texture_is_continuous_across_uv_charts() -> None:
     assert texture.detail.grad.abs().sum() > 0 and texture.grids[-1].grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("kind", ["hybrid", "image", "field"])
+def test_albedo_field_starts_at_zero_is_bounded_and_learns_everywhere() -> None:
+    """hybrid-field starts exactly as the hybrid; its field moves albedo logits by at most
+    FIELD_BOUND whatever its weights; a gradient from one point reaches the field's shared
+    weights (what couples the views)."""
+    plain, coupled = make_texture("hybrid", 32), make_texture("hybrid-field", 32)
+    uv, position = torch.rand(1, 8, 8, 2), torch.rand(1, 8, 8, 3) * 2 - 1
+    assert torch.equal(plain(uv, position).albedo, coupled(uv, position).albedo)
+    field = AlbedoField()
+    with torch.no_grad():
+        for p in field.parameters():
+            p.normal_(std=50.0)
+    logits = field(position)
+    assert logits.abs().max() <= FIELD_BOUND + 1e-5 and logits.abs().max() > 0.5 * FIELD_BOUND
+    coupled(uv, position).albedo[0, 0, 0].sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in coupled.field.mlp[-1].parameters())
+
+
+@pytest.mark.parametrize("kind", ["hybrid", "hybrid-field", "image", "field"])
 def test_materials_stay_in_their_range_and_pin(kind: str) -> None:
     texture = make_texture(kind, 16, material=MaterialRange((0.3, 0.9), (0.0, 0.0)))
     with torch.no_grad():
