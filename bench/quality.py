@@ -1,6 +1,6 @@
 """Quality proxies we can measure offline, printed as tables: today's recipe (LEGACY_RECIPE: UV
 pyramid, one directional light, unbounded materials) beside the new default (hybrid texture,
-HDR environment light, material prior, schedule).
+HDR environment light, material prior, schedule) and the default with `texture="hybrid-field"`.
 
 - seam jump: mean base-colour difference of surface point pairs closer than 1% of the bounding
   diagonal across two UV charts over that within one chart, after optimising under a zero-mean
@@ -57,7 +57,8 @@ def table(rows: list[tuple]) -> None:
 
 
 def recipes(base: Config) -> list[tuple[str, Config]]:
-    return [("old (legacy)", base.updated(**LEGACY_RECIPE)), ("new (default)", base)]
+    return [("old (legacy)", base.updated(**LEGACY_RECIPE)), ("new (default)", base),
+            ("new, hybrid-field", base.updated(texture="hybrid-field"))]
 
 
 def unwrapped(name: str, texture_size: int):
