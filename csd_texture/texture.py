@@ -204,6 +204,7 @@ def _mlp(dims: list[int], generator: torch.Generator) -> torch.nn.ModuleList:
 
 
 def _run_mlp(mlp: torch.nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    """x (..., dims[0]) through the layers with SiLU between them -> (..., dims[-1])."""
     for i, linear in enumerate(mlp):
         x = linear(x)
         if i < len(mlp) - 1:
@@ -395,8 +396,6 @@ class NormalMappedTexture(torch.nn.Module):
         """The base texture's material prior (the bump map has none)."""
         if hasattr(self.base, "decay_materials"):
             self.base.decay_materials(factor)
-
-
 
 
 def make_texture(kind: str, size: int, seed: int = 0, material: MaterialRange = MaterialRange(),
