@@ -139,17 +139,26 @@ def test_autoencoder_reconstructs_patterns(pipe, held_out_renders):
     assert np.mean([a == b for a, b in zip(before, classify_patterns(blurred.permute(0, 2, 3, 1)))]) < 0.3
 
 
-@pytest.mark.parametrize(("caption", "colours"), [
-    ("a red and white striped ball", ("red", "white")),
-    ("blue and yellow stripes", ("blue", "yellow")),
-    ("a black and white checkered cube", ("black", "white")),
+# the captioned pattern's floor: the issue's 0.8 for stripes; checks reach 0.67 over seeds 0 and 3
+# (24 samples; this test's seed draws 10 of 10), so their floor is lower (README's figures)
+@pytest.mark.parametrize(("caption", "colours", "pattern", "floor"), [
+    ("a red and white striped ball", ("red", "white"), "stripes", PATTERN_COLOURS_TARGET),
+    ("blue and yellow stripes", ("blue", "yellow"), "stripes", PATTERN_COLOURS_TARGET),
+    ("a black and white checkered cube", ("black", "white"), "checkerboard", 0.5),
 ])
-def test_pattern_captions_give_patterns_in_the_captioned_colours(pipe, random_pipe, caption, colours):
-    right = two_coloured_pattern(sample(pipe, caption), colours)
-    assert np.mean(right) >= PATTERN_COLOURS_TARGET, f"'{caption}': {np.mean(right):.2f}"
-    # random weights draw coloured noise: it sometimes holds both colours, far less often
-    baseline = np.mean(two_coloured_pattern(sample(random_pipe, caption), colours))
-    assert baseline <= np.mean(right) - 0.3, (np.mean(right), baseline)
+def test_pattern_captions_give_patterns_in_the_captioned_colours(pipe, random_pipe, caption, colours, pattern, floor):
+    """Both colours and not plain in >= 80% of the samples, and the classifier's class is the
+    caption's pattern in `floor` of them (measured at this seed: 0.9, 1.0, 1.0)."""
+    images = sample(pipe, caption)
+    coloured = two_coloured_pattern(images, colours)
+    right = [c == pattern and ok for c, ok in zip(classify_patterns(images), coloured)]
+    assert np.mean(coloured) >= PATTERN_COLOURS_TARGET, f"'{caption}': {np.mean(coloured):.2f}"
+    assert np.mean(right) >= floor, f"'{caption}': {np.mean(right):.2f}"
+    # random weights draw coloured noise: it sometimes holds both colours, rarely in the pattern
+    random_images = sample(random_pipe, caption)
+    baseline = [c == pattern and ok for c, ok in
+                zip(classify_patterns(random_images), two_coloured_pattern(random_images, colours))]
+    assert np.mean(baseline) <= np.mean(right) - 0.3, (np.mean(right), np.mean(baseline))
 
 
 def test_plain_captions_give_plain_samples_of_that_colour(pipe, random_pipe):
