@@ -81,6 +81,11 @@ def two_coloured_pattern(images: torch.Tensor, colours: tuple[str, str], min_sha
     return [cls != "plain" and bool(x >= min_share) and bool(y >= min_share) for cls, x, y in zip(classes, a, b)]
 
 
+def captioned_pattern(images: torch.Tensor, colours: tuple[str, str], pattern: str) -> list[bool]:
+    """Per sample: `two_coloured_pattern` and the classifier's class is `pattern`."""
+    return [c == pattern and ok for c, ok in zip(classify_patterns(images), two_coloured_pattern(images, colours))]
+
+
 def test_folder_is_small_and_loads_like_stable_diffusion(pipe):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -150,14 +155,11 @@ def test_pattern_captions_give_patterns_in_the_captioned_colours(pipe, random_pi
     """Both colours and not plain in >= 80% of the samples, and the classifier's class is the
     caption's pattern in `floor` of them (measured at this seed: 0.9, 1.0, 1.0)."""
     images = sample(pipe, caption)
-    coloured = two_coloured_pattern(images, colours)
-    right = [c == pattern and ok for c, ok in zip(classify_patterns(images), coloured)]
+    coloured, right = two_coloured_pattern(images, colours), captioned_pattern(images, colours, pattern)
     assert np.mean(coloured) >= PATTERN_COLOURS_TARGET, f"'{caption}': {np.mean(coloured):.2f}"
     assert np.mean(right) >= floor, f"'{caption}': {np.mean(right):.2f}"
     # random weights draw coloured noise: it sometimes holds both colours, rarely in the pattern
-    random_images = sample(random_pipe, caption)
-    baseline = [c == pattern and ok for c, ok in
-                zip(classify_patterns(random_images), two_coloured_pattern(random_images, colours))]
+    baseline = captioned_pattern(sample(random_pipe, caption), colours, pattern)
     assert np.mean(baseline) <= np.mean(right) - 0.3, (np.mean(right), np.mean(baseline))
 
 
