@@ -28,7 +28,7 @@ diffusers folder format of a real model (`StableDiffusionPipeline.from_pretraine
   "a red and white striped soda can", "a shiny gold metal ball", "a matte blue clay cube with
   dots", "red and white stripes". Colour-free captions for arbitrary colours; 12% empty captions
   so the unconditional eps(x_t; "") that CSD subtracts is trained.
-* models: `AutoencoderKL` (latent 8x8x4 = 1/8 of the image, started as an exact mean-colour
+* models: `AutoencoderKL` (latent 8x8 = 1/8 of the image, `--latent-channels` deep, started as an exact mean-colour
   autoencoder by `prior_common.init_colour_path`, then trained on the renders; `scaling_factor`
   1/std of the training latents), a `CLIPTextModel` (width 64, 3 layers) with the tokenizer from
   `csd_texture.testing.build_tokenizer` (every caption word one token), a `UNet2DConditionModel`
@@ -84,10 +84,13 @@ PATTERNS = ("plain", "stripes", "checkerboard", "dots", "marble", "wood")
 class DataMix:
     """How often each pattern and each stripe direction is drawn. The defaults made the shipped
     folder; `pattern_weights` None draws the patterns uniformly. `stripe_kinds`: the shares of
-    horizontal bands (about the up axis) and of vertical ones; the rest run at any angle."""
+    horizontal bands (about the up axis) and of vertical ones; the rest run at any angle.
+    `dot_spacing`: the range of the dot lattice's spacing in object units (the dots' radius is
+    0.3-0.38 of it)."""
 
     pattern_weights: tuple[float, ...] | None = None
     stripe_kinds: tuple[float, float] = (0.4, 0.2)
+    dot_spacing: tuple[float, float] = (0.38, 0.55)
 
 
 MATERIALS = ("matte", "glossy", "metal")  # index -1: unlabelled (any roughness / metallic)
@@ -238,7 +241,7 @@ def _pattern_mask(pattern: torch.Tensor, p: torch.Tensor, g: torch.Generator, mi
     soft = lambda a: torch.clamp(torch.sin(math.pi * a / cell) * 4.0, -1.0, 1.0)
     checker = 0.5 + 0.5 * soft(q[..., 0]) * soft(q[..., 1]) * soft(q[..., 2])
 
-    spacing = uniform(n, 0.38, 0.55, g)  # dots of about 7-12 px, 2-3 per 28 px (the classifier's crop)
+    spacing = uniform(n, *mix.dot_spacing, g)  # by default dots of about 7-12 px, 2-3 per 28 px (the classifiers' crop)
     radius = col(spacing * uniform(n, 0.3, 0.38, g))
     f = (q / spacing.view(n, 1, 1, 1) + torch.rand(n, 1, 1, 3, generator=g)) % 1.0 - 0.5
     dots = ((radius - f.norm(dim=-1) * col(spacing)) / 0.03 + 0.5).clamp(0, 1)
@@ -423,7 +426,7 @@ def make_caption(label: dict, g: torch.Generator) -> str:
 # models and training
 
 
-def build_models(tokenizer):
+def build_models(tokenizer, latent_channels: int = 4):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     vae = AutoencoderKL(
@@ -432,7 +435,7 @@ def build_models(tokenizer):
         block_out_channels=(8, 32, 64, 64),
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
+        latent_channels=latent_channels,
         layers_per_block=1,
         norm_num_groups=1,  # see init_colour_path
         sample_size=IMAGE_SIZE,
@@ -441,8 +444,8 @@ def build_models(tokenizer):
     text_encoder = build_text_encoder(tokenizer, TEXT_WIDTH, layers=3)
     unet = UNet2DConditionModel(
         sample_size=IMAGE_SIZE // 8,
-        in_channels=4,
-        out_channels=4,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         block_out_channels=(32, 64),
         layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
@@ -584,7 +587,8 @@ def resume(args, log) -> None:
 
 
 def data_mix(args: argparse.Namespace) -> DataMix:
-    return DataMix(tuple(args.pattern_weights) if args.pattern_weights else None, tuple(args.stripe_kinds))
+    return DataMix(tuple(args.pattern_weights) if args.pattern_weights else None, tuple(args.stripe_kinds),
+                   tuple(args.dot_spacing))
 
 
 def main(argv=None):
@@ -606,6 +610,10 @@ def main(argv=None):
                         help=f"relative shares of the patterns {', '.join(PATTERNS)} (default: equal)")
     parser.add_argument("--stripe-kinds", type=float, nargs=2, metavar=("HORIZONTAL", "VERTICAL"), default=(0.4, 0.2),
                         help="shares of horizontal and vertical stripes; the rest at any angle (default 0.4 0.2)")
+    parser.add_argument("--dot-spacing", type=float, nargs=2, metavar=("MIN", "MAX"), default=(0.38, 0.55),
+                        help="range of the dot lattice's spacing in object units (default 0.38 0.55)")
+    parser.add_argument("--latent-channels", type=int, default=4,
+                        help="channels of the autoencoder's latent (spatially 1/8 of the image; default 4 as Stable Diffusion)")
     parser.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints")
     parser.add_argument("--eval-only", action="store_true", help="only measure --out and add to its train_report.json")
     parser.add_argument("--no-eval", action="store_true", help="skip the measurements after training")
@@ -630,7 +638,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     tokenizer = build_tokenizer(WORDS, model_max_length=MAX_TOKENS)
-    vae, text_encoder, unet, scheduler = build_models(tokenizer)
+    vae, text_encoder, unet, scheduler = build_models(tokenizer, args.latent_channels)
     sizes = {"vae_params": n_params(vae), "text_encoder_params": n_params(text_encoder), "unet_params": n_params(unet)}
     log(f"params {sizes}")
     t_start = time.time()
