@@ -32,7 +32,7 @@ diffusers folder format of a real model (`StableDiffusionPipeline.from_pretraine
   autoencoder by `prior_common.init_colour_path`, then trained on the renders; `scaling_factor`
   1/std of the training latents), a `CLIPTextModel` (width 64, 3 layers) with the tokenizer from
   `csd_texture.testing.build_tokenizer` (every caption word one token), a `UNet2DConditionModel`
-  (channels 32, 64; cross-attention at both levels and the middle), Stable Diffusion's DDPM
+  (channels `--unet-channels`, 32 and 64 by default; cross-attention at both levels and the middle), Stable Diffusion's DDPM
   schedule, epsilon prediction. Training stops on a wall-clock budget (`--minutes`): the VAE gets
   `--vae-share` of it, then the UNet and text encoder train together on encoded latents; their
   exponential moving average is saved, and written to --out every `--save-every` minutes.
@@ -426,7 +426,7 @@ def make_caption(label: dict, g: torch.Generator) -> str:
 # models and training
 
 
-def build_models(tokenizer, latent_channels: int = 4):
+def build_models(tokenizer, latent_channels: int = 4, unet_channels: tuple[int, int] = (32, 64)):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     vae = AutoencoderKL(
@@ -446,7 +446,7 @@ def build_models(tokenizer, latent_channels: int = 4):
         sample_size=IMAGE_SIZE // 8,
         in_channels=latent_channels,
         out_channels=latent_channels,
-        block_out_channels=(32, 64),
+        block_out_channels=tuple(unet_channels),
         layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
@@ -614,6 +614,8 @@ def main(argv=None):
                         help="range of the dot lattice's spacing in object units (default 0.38 0.55)")
     parser.add_argument("--latent-channels", type=int, default=4,
                         help="channels of the autoencoder's latent (spatially 1/8 of the image; default 4 as Stable Diffusion)")
+    parser.add_argument("--unet-channels", type=int, nargs=2, metavar=("LEVEL1", "LEVEL2"), default=(32, 64),
+                        help="the UNet's channels at 8x8 and 4x4 (default 32 64)")
     parser.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints")
     parser.add_argument("--eval-only", action="store_true", help="only measure --out and add to its train_report.json")
     parser.add_argument("--no-eval", action="store_true", help="skip the measurements after training")
@@ -638,7 +640,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     tokenizer = build_tokenizer(WORDS, model_max_length=MAX_TOKENS)
-    vae, text_encoder, unet, scheduler = build_models(tokenizer, args.latent_channels)
+    vae, text_encoder, unet, scheduler = build_models(tokenizer, args.latent_channels, args.unet_channels)
     sizes = {"vae_params": n_params(vae), "text_encoder_params": n_params(text_encoder), "unet_params": n_params(unet)}
     log(f"params {sizes}")
     t_start = time.time()
