@@ -608,9 +608,9 @@ def main(argv=None):
     parser.add_argument("--ema", type=float, default=0.998)
     parser.add_argument("--pattern-weights", type=float, nargs=len(PATTERNS), metavar="W",
                         help=f"relative shares of the patterns {', '.join(PATTERNS)} (default: equal)")
-    parser.add_argument("--stripe-kinds", type=float, nargs=2, metavar=("HORIZONTAL", "VERTICAL"), default=(0.4, 0.2),
+    parser.add_argument("--stripe-kinds", type=float, nargs=2, metavar=("HORIZONTAL", "VERTICAL"), default=DataMix().stripe_kinds,
                         help="shares of horizontal and vertical stripes; the rest at any angle (default 0.4 0.2)")
-    parser.add_argument("--dot-spacing", type=float, nargs=2, metavar=("MIN", "MAX"), default=(0.38, 0.55),
+    parser.add_argument("--dot-spacing", type=float, nargs=2, metavar=("MIN", "MAX"), default=DataMix().dot_spacing,
                         help="range of the dot lattice's spacing in object units (default 0.38 0.55)")
     parser.add_argument("--latent-channels", type=int, default=4,
                         help="channels of the autoencoder's latent (spatially 1/8 of the image; default 4 as Stable Diffusion)")
