@@ -6,6 +6,7 @@ Run the scripts as `python tools/<script>.py`: Python then puts tools/ on the im
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -141,10 +142,16 @@ class TokenCache:
         return torch.tensor([self.ids[c] for c in captions])
 
 
-def save_pipeline(folder, vae, text_encoder, tokenizer, unet, scheduler) -> None:
-    """Write the five parts as a diffusers StableDiffusionPipeline folder."""
+def save_pipeline(folder, vae, text_encoder, tokenizer, unet, scheduler, unet_dtype: torch.dtype = torch.float32) -> None:
+    """Write the five parts as a diffusers StableDiffusionPipeline folder.
+
+    unet_dtype=torch.float16 stores the UNet's weights at half size (a copy is cast; the model trained goes on in
+    float32); diffusers loads them back as float32 unless told otherwise.
+    """
     from diffusers import StableDiffusionPipeline
 
+    if unet_dtype != torch.float32:
+        unet = copy.deepcopy(unet).to(unet_dtype)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,

@@ -574,7 +574,7 @@ def resume(args, log) -> None:
     means, stds, labels, _ = encode_pool(pipe.vae, args, g, log)
     pool = (means, stds, labels, pipe.vae.config.scaling_factor)  # keep the trained scaling
     parts = (pipe.vae, pipe.text_encoder, pipe.unet, pipe.scheduler)
-    save = lambda: save_pipeline(args.out, *parts[:2], pipe.tokenizer, *parts[2:])
+    save = lambda: save_pipeline(args.out, *parts[:2], pipe.tokenizer, *parts[2:], unet_dtype=unet_dtype(args))
     remaining = args.minutes * 60 - (time.time() - t_start)
     info = train_unet(parts, pool, TokenCache(pipe.tokenizer), args, g, log, remaining, save)
     save()
@@ -589,6 +589,10 @@ def resume(args, log) -> None:
 def data_mix(args: argparse.Namespace) -> DataMix:
     return DataMix(tuple(args.pattern_weights) if args.pattern_weights else None, tuple(args.stripe_kinds),
                    tuple(args.dot_spacing))
+
+
+def unet_dtype(args: argparse.Namespace) -> torch.dtype:
+    return torch.float16 if args.unet_float16 else torch.float32
 
 
 def main(argv=None):
@@ -616,6 +620,8 @@ def main(argv=None):
                         help="channels of the autoencoder's latent (spatially 1/8 of the image; default 4 as Stable Diffusion)")
     parser.add_argument("--unet-channels", type=int, nargs=2, metavar=("LEVEL1", "LEVEL2"), default=(32, 64),
                         help="the UNet's channels at 8x8 and 4x4 (default 32 64)")
+    parser.add_argument("--unet-float16", action="store_true",
+                        help="store the UNet's weights as float16 (half the bytes; it trains and loads as float32)")
     parser.add_argument("--save-every", type=float, default=5.0, help="minutes between checkpoints")
     parser.add_argument("--eval-only", action="store_true", help="only measure --out and add to its train_report.json")
     parser.add_argument("--no-eval", action="store_true", help="skip the measurements after training")
@@ -650,7 +656,7 @@ def main(argv=None):
     pool = encode_pool(vae, args, g, log)
     vae.register_to_config(scaling_factor=round(pool[-1], 5))
     info["scaling_factor"] = vae.config.scaling_factor
-    save = lambda: save_pipeline(args.out, vae, text_encoder, tokenizer, unet, scheduler)
+    save = lambda: save_pipeline(args.out, vae, text_encoder, tokenizer, unet, scheduler, unet_dtype=unet_dtype(args))
     remaining = budget - (time.time() - t_start)
     info.update(train_unet((vae, text_encoder, unet, scheduler), pool, TokenCache(tokenizer), args, g, log, remaining, save))
     info["train_seconds"] = time.time() - t_start
