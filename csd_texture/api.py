@@ -106,7 +106,7 @@ def texture_mesh(mesh: MeshSource, prompt: str | None = None, output: str | Path
     rasterizer = get_rasterizer(config.renderer, device)
     surface = Surface.from_mesh(data, device)
     material = MaterialRange(config.roughness, config.metallic)
-    texture = make_texture(config.texture, atlas_size, config.seed, material, config.normal_map, data).to(device)
+    texture = make_texture(config.texture, atlas_size, config.seed, material, config.normal_map).to(device)
     if config.edit:
         texture.initialise_albedo(srgb_to_linear(torch.from_numpy(data.base_color_image)).to(device))
     if region is not None:

@@ -122,7 +122,7 @@ def run_recipe(mesh: MeshData, objective: Any, config: Any, size: int | None = N
     surface = Surface.from_mesh(mesh, "cpu")
     torch.manual_seed(config.seed)
     texture = make_texture(config.texture, config.texture_size, config.seed,
-                           MaterialRange(config.roughness, config.metallic), mesh=mesh)
+                           MaterialRange(config.roughness, config.metallic))
     start = time.perf_counter()
     optimize(texture, surface, rasterizer, objective, config, mesh.up_axis)
     seconds = (time.perf_counter() - start) / max(config.steps, 1)

@@ -13,8 +13,7 @@ level in UV space, so a coarse texel spans many unrelated charts and blobs are c
 chart borders. `texture="hybrid-field"` adds to the hybrid a small bounded albedo field over
 position (`AlbedoField`): each view's update moves it over the whole surface, so the views agree
 on one global pattern (periodic stripes) where the grids' voxels learn only from the views that
-see them. The field is centred on the surface (its mean over fixed surface points is taken out),
-so it carries the pattern and the grids the overall colour.
+see them.
 """
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import TEXTURES
-from .datatypes import MeshData, PBRMaps
+from .datatypes import PBRMaps
 
 CHANNELS = 5  # albedo RGB, roughness, metallic
 DEFAULT_INIT = {"albedo": 0.25, "roughness": 0.6, "metallic": 0.05}
@@ -45,10 +44,8 @@ GRID_SIZES = (8, 16, 32, 64)  # dense 3D grid levels of HybridTexture over [-1, 
 # AlbedoField: octaves pi * (1, 2, 4, 8) over [-1, 1] (finest wavelength a quarter of the box) and a
 # bound of +-2 on its albedo logits. Measured with the pattern prior (tests/data/pattern-prior/README.md):
 # 6 octaves or bound 3 lose the stripes on some seeds, bound 1 draws none, no bound saturates
-# every colour to pure red, white or black. Centring it on the surface (pattern in the field, overall colour
-# in the grids) keeps the stripes and halves the base colour it clips under a hard push (bench/quality.py).
+# every colour to pure red, white or black.
 FIELD_OCTAVES = 4
-FIELD_ANCHORS = 2048  # surface points over which AlbedoField is centred
 FIELD_BOUND = 2.0
 MIN_MIP_SIZE = 4
 
@@ -215,40 +212,20 @@ def _run_mlp(mlp: torch.nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def surface_anchors(vertices: np.ndarray, faces: np.ndarray, count: int = FIELD_ANCHORS, seed: int = 0) -> torch.Tensor:
-    """`count` points spread over the surface by area, the same for the same seed: (count, 3)."""
-    import trimesh
-
-    mesh = trimesh.Trimesh(np.asarray(vertices, np.float64), np.asarray(faces), process=False)
-    points, _ = trimesh.sample.sample_surface(mesh, count, seed=seed)
-    return torch.as_tensor(points, dtype=torch.float32)
-
-
 class AlbedoField(torch.nn.Module):
-    """A low-frequency field of albedo logits over normalised position: Fourier features
-    (`octaves`) and an MLP that starts at zero, bounded to +-`bound`, then centred on the surface.
-    (..., 3) -> (..., 3), within +-2 `bound`.
+    """A low-frequency field of albedo logits over normalised position, bounded to +-`bound`:
+    Fourier features (`octaves`) and an MLP that starts at zero. (..., 3) -> (..., 3)."""
 
-    `anchors` (N, 3): points on the surface. The bounded field's mean over them is taken out, so
-    the field holds the pattern around the surface's overall colour (which the grids hold) and a
-    push every view agrees on, such as "red", cannot move it (uncentred, it added to that push and
-    clipped colours)."""
-
-    def __init__(self, anchors: torch.Tensor, octaves: int = FIELD_OCTAVES, bound: float = FIELD_BOUND,
-                 hidden: int = 64, seed: int = 0) -> None:
+    def __init__(self, octaves: int = FIELD_OCTAVES, bound: float = FIELD_BOUND, hidden: int = 64,
+                 seed: int = 0) -> None:
         super().__init__()
         self.bound = bound
         self.register_buffer("bands", (2.0 ** torch.arange(octaves, dtype=torch.float32)) * math.pi)
-        self.register_buffer("anchors", anchors.float())
         self.mlp = _mlp([3 + 6 * octaves, hidden, hidden, 3], torch.Generator().manual_seed(seed))
 
     def forward(self, position: torch.Tensor) -> torch.Tensor:
-        out = self.bounded(position)
-        return out - self.bounded(self.anchors.to(out.dtype)).mean(0)
-
-    def bounded(self, position: torch.Tensor) -> torch.Tensor:
-        """The MLP's logits bounded to +-`bound`, before centring: (..., 3) -> (..., 3)."""
-        return self.bound * torch.tanh(_run_mlp(self.mlp, fourier_features(position, self.bands)) / self.bound)
+        out = _run_mlp(self.mlp, fourier_features(position, self.bands))
+        return self.bound * torch.tanh(out / self.bound)
 
 
 class HybridTexture(torch.nn.Module):
@@ -422,10 +399,9 @@ class NormalMappedTexture(torch.nn.Module):
 
 
 def make_texture(kind: str, size: int, seed: int = 0, material: MaterialRange = MaterialRange(),
-                 normal_map: bool = False, mesh: MeshData | None = None) -> torch.nn.Module:
+                 normal_map: bool = False) -> torch.nn.Module:
     """The learnable texture for `Config.texture` (one of TEXTURES), with a
-    size x size bump map when `normal_map` (`Config.normal_map`). "hybrid-field" needs `mesh` (the
-    normalised mesh it will paint: its field is centred on that surface)."""
+    size x size bump map when `normal_map` (`Config.normal_map`)."""
     if kind == "field":
         texture: torch.nn.Module = FourierFieldTexture(seed=seed, material=material)
     elif kind == "image":
@@ -433,10 +409,7 @@ def make_texture(kind: str, size: int, seed: int = 0, material: MaterialRange = 
     elif kind == "hybrid":
         texture = HybridTexture(size, material=material)
     elif kind == "hybrid-field":
-        if mesh is None:
-            raise ValueError("texture 'hybrid-field' needs the mesh it will paint (make_texture's mesh)")
-        anchors = surface_anchors(mesh.vertices, mesh.faces, seed=seed)
-        texture = HybridTexture(size, material=material, field=AlbedoField(anchors, seed=seed))
+        texture = HybridTexture(size, material=material, field=AlbedoField(seed=seed))
     else:
         raise ValueError(f"unknown texture kind {kind!r}; choose one of {', '.join(TEXTURES)}")
     return NormalMappedTexture(texture, size) if normal_map else texture

@@ -33,7 +33,6 @@ from csd_texture.texture import (
     make_texture,
     mip_pyramid,
     mip_sample,
-    surface_anchors,
 )
 from csd_texture.uv import prepare_uv
 
@@ -95,45 +94,26 @@ def test_hybrid_texture_is_continuous_across_uv_charts() -> None:
     assert texture.detail.grad.abs().sum() > 0 and texture.grids[-1].grad.abs().sum() > 0
 
 
-def test_albedo_field_starts_at_zero_is_bounded_and_learns_everywhere(sphere) -> None:
+def test_albedo_field_starts_at_zero_is_bounded_and_learns_everywhere() -> None:
     """hybrid-field starts exactly as the hybrid; its field moves albedo logits by at most
-    2 FIELD_BOUND whatever its weights; a gradient from one point reaches the field's shared
+    FIELD_BOUND whatever its weights; a gradient from one point reaches the field's shared
     weights (what couples the views)."""
-    plain, coupled = make_texture("hybrid", 32), make_texture("hybrid-field", 32, mesh=sphere)
+    plain, coupled = make_texture("hybrid", 32), make_texture("hybrid-field", 32)
     uv, position = torch.rand(1, 8, 8, 2), torch.rand(1, 8, 8, 3) * 2 - 1
     assert torch.equal(plain(uv, position).albedo, coupled(uv, position).albedo)
-    field = AlbedoField(surface_anchors(sphere.vertices, sphere.faces))
+    field = AlbedoField()
     with torch.no_grad():
         for p in field.parameters():
             p.normal_(std=50.0)
     logits = field(position)
-    assert logits.abs().max() <= 2 * FIELD_BOUND + 1e-5 and logits.abs().max() > 0.5 * FIELD_BOUND
+    assert logits.abs().max() <= FIELD_BOUND + 1e-5 and logits.abs().max() > 0.5 * FIELD_BOUND
     coupled(uv, position).albedo[0, 0, 0].sum().backward()
-    assert coupled.field.mlp[-1].weight.grad.abs().sum() > 0  # (its bias moves every point alike: centred away)
-    with pytest.raises(ValueError, match="hybrid-field"):
-        make_texture("hybrid-field", 32)
-
-
-def test_albedo_field_is_centred_on_the_surface_so_a_uniform_push_cannot_move_it(sphere) -> None:
-    """The field carries the pattern, the grids the overall colour: over surface points its mean is
-    zero whatever its weights, and a loss that wants every point redder gives its weights no
-    gradient (uncentred, it added that push to the grids' and clipped colours: bench/quality.py)."""
-    field = AlbedoField(surface_anchors(sphere.vertices, sphere.faces))
-    with torch.no_grad():
-        for p in field.parameters():
-            p.normal_(std=3.0)
-    points = surface_anchors(sphere.vertices, sphere.faces, seed=7)  # other points on the same surface
-    assert field(points).abs().max() > 0.5
-    assert field(points).mean(0).abs().max() < 0.1 * FIELD_BOUND
-    anchored = field(field.anchors)
-    assert anchored.mean(0).abs().max() < 1e-5
-    anchored[:, 0].sum().backward()  # "redder everywhere"
-    assert all(p.grad.abs().max() < 1e-4 for p in field.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in coupled.field.mlp[-1].parameters())
 
 
 @pytest.mark.parametrize("kind", ["hybrid", "hybrid-field", "image", "field"])
-def test_materials_stay_in_their_range_and_pin(kind: str, sphere) -> None:
-    texture = make_texture(kind, 16, material=MaterialRange((0.3, 0.9), (0.0, 0.0)), mesh=sphere)
+def test_materials_stay_in_their_range_and_pin(kind: str) -> None:
+    texture = make_texture(kind, 16, material=MaterialRange((0.3, 0.9), (0.0, 0.0)))
     with torch.no_grad():
         for p in texture.parameters():
             p.normal_(std=20.0)
