@@ -346,7 +346,11 @@ def test_cli_hybrid_field_texture_paints_periodic_stripes(meshes, tmp_path, shap
     flipped = run_cli(meshes[shape], "red and white stripes", tmp_path / "flipped.glb", *field, "--guidance-scale", "-1")
     b = banding(stripes["points"], stripes["base"])
     assert is_striped(b, ("red", "white")), b
-    assert not is_striped(banding(plain["points"], plain["base"]), ("red", "white"))
+    p = banding(plain["points"], plain["base"])
+    assert not is_striped(p, ("red", "white")), p
+    # one colour: its two clusters closer than is_striped's 0.25 (measured 0.13 sphere, 0.14 can; a field
+    # centred on the surface painted cyan patches here, 1.09 / 1.15, and still passed the line above)
+    assert p["separation"] < 0.25, p
     assert bool(colour_matches(torch.from_numpy(plain["base"].mean(0)), "red")), plain["base"].mean(0)
     assert not is_striped(banding(flipped["points"], flipped["base"]), ("red", "white"))
 
