@@ -86,11 +86,13 @@ class DataMix:
     folder; `pattern_weights` None draws the patterns uniformly. `stripe_kinds`: the shares of
     horizontal bands (about the up axis) and of vertical ones; the rest run at any angle.
     `dot_spacing`: the range of the dot lattice's spacing in object units (the dots' radius is
-    0.3-0.38 of it)."""
+    0.3-0.38 of it). `material_weights`: the shares of unlabelled (any roughness and metallic),
+    matte, glossy and metal renders."""
 
     pattern_weights: tuple[float, ...] | None = None
     stripe_kinds: tuple[float, float] = (0.4, 0.2)
     dot_spacing: tuple[float, float] = (0.38, 0.55)
+    material_weights: tuple[float, float, float, float] = (0.25, 0.3, 0.25, 0.2)
 
 
 MATERIALS = ("matte", "glossy", "metal")  # index -1: unlabelled (any roughness / metallic)
@@ -289,7 +291,7 @@ def draw_scenes(n: int, g: torch.Generator, size: int = IMAGE_SIZE, named_fracti
     shape = torch.randint(0, len(SHAPES), (n,), generator=g)
     pattern = (torch.randint(0, len(PATTERNS), (n,), generator=g) if mix.pattern_weights is None
                else torch.multinomial(torch.tensor(mix.pattern_weights), n, replacement=True, generator=g))
-    material = torch.multinomial(torch.tensor([0.25, 0.3, 0.25, 0.2]), n, replacement=True, generator=g) - 1  # -1: unlabelled
+    material = torch.multinomial(torch.tensor(mix.material_weights), n, replacement=True, generator=g) - 1  # -1: unlabelled
     stone_or_wood = pattern >= PATTERNS.index("marble")
     material = torch.where(stone_or_wood & (material == 2), torch.ones_like(material), material)  # no wooden metal
     rough = torch.where(material == 0, uniform(n, 0.65, 1.0, g),
@@ -588,7 +590,7 @@ def resume(args, log) -> None:
 
 def data_mix(args: argparse.Namespace) -> DataMix:
     return DataMix(tuple(args.pattern_weights) if args.pattern_weights else None, tuple(args.stripe_kinds),
-                   tuple(args.dot_spacing))
+                   tuple(args.dot_spacing), tuple(args.material_weights))
 
 
 def unet_dtype(args: argparse.Namespace) -> torch.dtype:
@@ -616,6 +618,9 @@ def main(argv=None):
                         help="shares of horizontal and vertical stripes; the rest at any angle (default 0.4 0.2)")
     parser.add_argument("--dot-spacing", type=float, nargs=2, metavar=("MIN", "MAX"), default=DataMix().dot_spacing,
                         help="range of the dot lattice's spacing in object units (default 0.38 0.55)")
+    parser.add_argument("--material-weights", type=float, nargs=4, metavar=("UNLABELLED", "MATTE", "GLOSSY", "METAL"),
+                        default=DataMix().material_weights,
+                        help="relative shares of unlabelled, matte, glossy and metal renders (default 0.25 0.3 0.25 0.2)")
     parser.add_argument("--latent-channels", type=int, default=4,
                         help="channels of the autoencoder's latent (spatially 1/8 of the image; default 4 as Stable Diffusion)")
     parser.add_argument("--unet-channels", type=int, nargs=2, metavar=("LEVEL1", "LEVEL2"), default=(32, 64),
