@@ -213,6 +213,17 @@ def test_tone_mapping_keeps_base_colours_and_compresses_highlights() -> None:
     assert (high < 1.0).all() and (high[0, 0] > high[0, 1])
 
 
+def test_tone_mapping_has_a_finite_gradient_where_its_unused_branch_divides_by_zero() -> None:
+    """A pixel whose peak after the toe offset is 0.52 (start - d) makes the highlight branch divide
+    by zero; torch.where keeps the plain branch, but its backward used to carry 0 * inf = NaN, and
+    the optimiser skipped such steps (bench/quality.py's noise run on a sphere: step 18 of 100)."""
+    rgb = torch.tensor([[0.56, 0.56, 0.56], [0.56, 0.3, 0.2], [0.5, 0.3, 0.2], [3.0, 1.0, 0.5]], requires_grad=True)
+    out = pbr_neutral_tonemap(rgb)
+    out.sum().backward()
+    assert torch.isfinite(rgb.grad).all(), rgb.grad
+    assert torch.allclose(rgb.grad[:3], torch.ones(3, 3))  # below the knee: the identity minus a constant
+
+
 # --- settings and schedule -------------------------------------------------------------------------
 
 def test_recipe_settings() -> None:

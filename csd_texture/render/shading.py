@@ -161,9 +161,12 @@ def pbr_neutral_tonemap(rgb: torch.Tensor) -> torch.Tensor:
     rgb = rgb - offset
     peak = rgb.amax(-1, keepdim=True)
     d = 1.0 - start
-    new_peak = 1.0 - d * d / (peak + d - start)
-    compressed = rgb * (new_peak / peak.clamp(min=1e-8))
-    g = 1.0 - 1.0 / (desaturation * (peak - new_peak) + 1.0)
+    # The highlight branch only runs from the knee up; torch.where still back-propagates through it
+    # everywhere, and at peak == start - d its division by zero turned 0 * inf into a NaN gradient.
+    knee = peak.clamp(min=start)
+    new_peak = 1.0 - d * d / (knee + d - start)
+    compressed = rgb * (new_peak / knee)
+    g = 1.0 - 1.0 / (desaturation * (knee - new_peak) + 1.0)
     compressed = compressed * (1.0 - g) + new_peak * g
     return torch.where(peak < start, rgb, compressed)
 
