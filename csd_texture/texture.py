@@ -14,7 +14,8 @@ chart borders. `texture="hybrid-field"` adds to the hybrid a small bounded albed
 position (`AlbedoField`): each view's update moves it over the whole surface, so the views agree
 on one global pattern (periodic stripes) where the grids' voxels learn only from the views that
 see them. Its share fades where the grids and detail already hold a decided colour (FIELD_FADE),
-so it does not push those past the sigmoid's ends.
+and the summed albedo logits are softly bounded (ALBEDO_BOUND), so it does not push them past the
+sigmoid's ends.
 """
 from __future__ import annotations
 
@@ -53,6 +54,12 @@ FIELD_BOUND = 2.0
 # learning rate 0.1) clipped 40% of base-colour texels without the fade, 6% with it (3: 5%, but the stripes
 # weaken; 2: they are lost on the can); the pattern prior's stripes and plain red stay as they were.
 FIELD_FADE = 4.0
+# ... and the sum of albedo logits is softly bounded, ALBEDO_BOUND * tanh(logit / ALBEDO_BOUND): with a field the
+# grids themselves end further out (hard push: red logit 99th percentile 5.39 against the plain hybrid's 5.22,
+# and 8-bit sRGB reaches 255 at 5.4), so the fade alone left 5.7% clipped. Bound 8: 0.1% clipped, PBR albedo
+# 29.6 dB (29.3 without), fuze photo recovery 29.6 (30.4); 7: 0.0%, 29.4 on fuze; 9: 0.2%; a hard bound of 5
+# (tanh at 5) stops dark texels at sRGB 17 (fuze 28.0). The pattern prior's stripes and plain red stay as they were.
+ALBEDO_BOUND = 8.0
 MIN_MIP_SIZE = 4
 
 
@@ -244,8 +251,8 @@ class HybridTexture(torch.nn.Module):
     and mip-sampled by the pixel's footprint; roughness and metallic come from the grids alone (smooth materials,
     as DreamMat/Fantasia3D regularise them). Materials start at HYBRID_INIT; the grids' roughness and
     metallic channels are scaled by ROUGHNESS_GAIN and METALLIC_GAIN. `field`: an `AlbedoField`
-    added to the albedo logits with a share that fades as the rest's logit grows (FIELD_FADE;
-    texture="hybrid-field"), None for the plain hybrid.
+    added to the albedo logits with a share that fades as the rest's logit grows (FIELD_FADE), the
+    sum softly bounded (ALBEDO_BOUND; texture="hybrid-field"), None for the plain hybrid.
     """
 
     def __init__(self, size: int, grid_sizes: tuple[int, ...] = GRID_SIZES,
@@ -277,8 +284,10 @@ class HybridTexture(torch.nn.Module):
             own = (raw[..., :3] + detail + self.bias[:3]).detach()  # the fade steers the field, not the grids
             room = 1 - torch.tanh(own / FIELD_FADE) ** 2
             detail = detail + self.field(position.to(self.detail.dtype)) * room
-        raw = raw + F.pad(detail, (0, CHANNELS - 3))
-        return _to_sample(raw + self.bias, self.material)
+        raw = raw + F.pad(detail, (0, CHANNELS - 3)) + self.bias
+        if self.field is not None:
+            raw = torch.cat([ALBEDO_BOUND * torch.tanh(raw[..., :3] / ALBEDO_BOUND), raw[..., 3:]], -1)
+        return _to_sample(raw, self.material)
 
     @torch.no_grad()
     def decay_materials(self, factor: float) -> None:
