@@ -280,13 +280,12 @@ class HybridTexture(torch.nn.Module):
             for level in self.grids
         )[:, :, 0].permute(0, 2, 3, 1) * self.gain
         detail = mip_sample(mip_pyramid(self.high_pass(self.detail)), uv, footprint)
-        if self.field is not None:
-            own = (raw[..., :3] + detail + self.bias[:3]).detach()  # the fade steers the field, not the grids
-            room = 1 - torch.tanh(own / FIELD_FADE) ** 2
-            detail = detail + self.field(position.to(self.detail.dtype)) * room
         raw = raw + F.pad(detail, (0, CHANNELS - 3)) + self.bias
         if self.field is not None:
-            raw = torch.cat([ALBEDO_BOUND * torch.tanh(raw[..., :3] / ALBEDO_BOUND), raw[..., 3:]], -1)
+            albedo = raw[..., :3]
+            room = 1 - torch.tanh(albedo.detach() / FIELD_FADE) ** 2  # the fade steers the field, not the grids
+            albedo = albedo + self.field(position.to(self.detail.dtype)) * room
+            raw = torch.cat([ALBEDO_BOUND * torch.tanh(albedo / ALBEDO_BOUND), raw[..., 3:]], -1)
         return _to_sample(raw, self.material)
 
     @torch.no_grad()

@@ -113,6 +113,14 @@ def test_albedo_field_starts_at_zero_is_bounded_and_learns_everywhere() -> None:
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in coupled.field.mlp[-1].parameters())
 
 
+@torch.no_grad()
+def set_albedo_logit(texture: HybridTexture, logit: float) -> None:
+    """Make the grids and bias hold albedo logit `logit` everywhere (the coarsest grid, the rest zero)."""
+    for level in texture.grids:
+        level[:, :3] = 0.0
+    texture.grids[0][:, :3] = logit - texture.bias[:3].view(1, 3, 1, 1, 1)
+
+
 def test_albedo_field_fades_where_the_rest_of_the_texture_has_decided() -> None:
     """Where the grids hold a logit far from 0 the field barely moves the albedo logit (it would push
     it past the sigmoid's end: 40% of texels clipped under bench/quality.py's hard push without the
@@ -125,9 +133,7 @@ def test_albedo_field_fades_where_the_rest_of_the_texture_has_decided() -> None:
     field = texture.field(position)
 
     def moved_by_field(grid_logit: float) -> torch.Tensor:
-        with torch.no_grad():
-            texture.grids[0].zero_()
-            texture.grids[0][:, :3] = grid_logit - texture.bias[:3].view(1, 3, 1, 1, 1)
+        set_albedo_logit(texture, grid_logit)
         unbounded = ALBEDO_BOUND * torch.atanh(torch.logit(texture(uv, position).albedo.double()) / ALBEDO_BOUND)
         return unbounded - grid_logit
 
@@ -145,8 +151,7 @@ def test_albedo_field_texture_bounds_albedo_logits_softly() -> None:
 
     def albedo(kind: str, logit: float) -> torch.Tensor:
         texture = make_texture(kind, 16)
-        with torch.no_grad():
-            texture.grids[0][:, :3] = logit - texture.bias[:3].view(1, 3, 1, 1, 1)
+        set_albedo_logit(texture, logit)
         return texture(torch.rand(1, 4, 4, 2), torch.rand(1, 4, 4, 3) * 2 - 1).albedo
 
     assert (linear_to_srgb(albedo("hybrid", 6.0)) * 255).round().min() == 255
