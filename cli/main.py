@@ -102,9 +102,9 @@ def settings_options(func: Callable) -> Callable:
         click.option("--negative-weight", help="Negative prompt weight START,END over the run [default: 1,0.5]."),
         click.option("--learning-rate", type=float, help="Adam learning rate."),
         click.option("--texture", "texture_kind", type=click.Choice(list(TEXTURES)),
-                     help="Learnable texture: hybrid (3D grids over the surface + UV detail; seamless; default), "
-                          "hybrid-field (the hybrid plus a global albedo field: views agree on one pattern, e.g. "
-                          "periodic stripes), image (the old UV pyramid) or field (neural field)."),
+                     help="Learnable texture: hybrid-field (3D grids over the surface + UV detail + a global albedo "
+                          "field, so views agree on one pattern, e.g. periodic stripes; seamless; default), hybrid "
+                          "(the same without the field), image (the old UV pyramid) or field (neural field)."),
         click.option("--normal-map/--no-normal-map", default=None,
                      help="Also optimise a bump map, written as a tangent-space normal map (glTF normalTexture "
                           "with tangents; OBJ `norm`) [default: off]."),

@@ -168,7 +168,7 @@ class Config:
     negative_weight: Schedule = Schedule(1.0, 0.5)
     timestep_min: Schedule = Schedule(0.02, 0.02)
     timestep_max: Schedule = Schedule(0.98, 0.5)
-    texture: str = "hybrid"  # "hybrid" (3D grids + UV detail), "hybrid-field" (+ a global albedo field), "image" (old UV pyramid) or "field" (neural field)
+    texture: str = "hybrid-field"  # "hybrid-field" (3D grids + UV detail + a global albedo field), "hybrid" (without the field), "image" (old UV pyramid) or "field" (neural field)
     normal_map: bool = False  # also optimise a UV bump map, exported as a tangent-space normal map
     device: str = "auto"
     renderer: str = "auto"

@@ -115,10 +115,11 @@ def test_albedo_field_starts_at_zero_is_bounded_and_learns_everywhere() -> None:
 
 @torch.no_grad()
 def set_albedo_logit(texture: HybridTexture, logit: float) -> None:
-    """Make the grids and bias hold albedo logit `logit` everywhere (the coarsest grid, the rest zero)."""
+    """Make the grids and bias hold albedo logit `logit` everywhere (the coarsest grid, the rest zero;
+    its albedo counts `albedo_gain` times)."""
     for level in texture.grids:
         level[:, :3] = 0.0
-    texture.grids[0][:, :3] = logit - texture.bias[:3].view(1, 3, 1, 1, 1)
+    texture.grids[0][:, :3] = (logit - texture.bias[:3].view(1, 3, 1, 1, 1)) / texture.albedo_gain
 
 
 def test_albedo_field_fades_where_the_rest_of_the_texture_has_decided() -> None:
@@ -254,7 +255,7 @@ def test_tone_mapping_has_a_finite_gradient_where_its_unused_branch_divides_by_z
 
 def test_recipe_settings() -> None:
     config = Config()
-    assert config.negative_prompt == DEFAULT_NEGATIVE_PROMPT and config.texture == "hybrid"
+    assert config.negative_prompt == DEFAULT_NEGATIVE_PROMPT and config.texture == "hybrid-field"
     assert Config(negative_prompt="").negative_prompt == ""
     assert Config(metallic="0").metallic == (0.0, 0.0) and Config(roughness="0.3,0.9").roughness == (0.3, 0.9)
     with pytest.raises(ConfigError, match="roughness and metallic"):
