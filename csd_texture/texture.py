@@ -65,7 +65,9 @@ ALBEDO_BOUND = 8.0
 # learning rate, as METALLIC_GAIN): field and grids both chase the same albedo error, each at Adam's full step,
 # so together they overshoot the hybrid's tuned step (the hybrid itself at twice the learning rate: PBR recovery
 # 25.9 dB, metallic MAE 0.20). tests/test_recipe.py's 80-step fit: metallic MAE 0.104 at 0.5 (0.112 at 0.7;
-# 0.137 at 1; the plain hybrid 0.097); the pattern prior's stripes stay on sphere and can at seeds 0-2.
+# 0.137 at 1; the plain hybrid 0.097); the pattern prior's stripes stay on sphere and can at seeds 0-2. Its cost is
+# speed on photo textures: bench/quality.py's fuze recovery 27.1 dB at 120 steps (plain hybrid 31.1), 30.4 at 300
+# (31.0), 30.9 at the CLI's 600 (31.1).
 FIELD_GRID_ALBEDO_GAIN = 0.5
 MIN_MIP_SIZE = 4
 
