@@ -21,6 +21,8 @@ from csd_texture.render import (
     srgb_to_linear,
 )
 from csd_texture.render.nvdiffrast_rasterizer import import_nvdiffrast
+from csd_texture.render.views import sample_covered
+from csd_texture.texture import make_texture
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -450,3 +452,36 @@ def test_composite():
     assert torch.equal(composite(rgb, mask, image_bg)[:, 2:], image_bg[:, 2:])
     with pytest.raises(ValueError):
         composite(rgb, mask, torch.zeros(2, 4))
+
+
+def test_texture_is_sampled_at_covered_pixels_only():
+    """render_views evaluates the texture only where the object is (the albedo field's MLP runs per
+    point): one call on the covered points, the same values and parameter gradients there as
+    evaluating every pixel, finite values on the background."""
+    texture = make_texture("hybrid-field", 32, normal_map=True)
+    with torch.no_grad():
+        for parameter in texture.parameters():
+            parameter.normal_(std=0.5)
+    generator = torch.Generator().manual_seed(0)
+    uv, position = torch.rand(2, 6, 5, 2, generator=generator), torch.rand(2, 6, 5, 3, generator=generator) * 2 - 1
+    footprint = torch.rand(2, 6, 5, 1, generator=generator) * 0.05
+    covered = torch.rand(2, 6, 5, generator=generator) < 0.4
+    points = []
+
+    def counted(*args):
+        points.append(args[1].shape[:-1].numel())
+        return texture(*args)
+
+    got, want = sample_covered(counted, uv, position, footprint, covered), texture(uv, position, footprint)
+    assert points == [int(covered.sum())] and 0 < points[0] < covered.numel()
+    weights = [torch.rand(values.shape, generator=generator) * covered[..., None] for values in want]
+
+    def gradients(sample) -> list[torch.Tensor]:
+        texture.zero_grad()
+        sum((values * w).sum() for values, w in zip(sample, weights)).backward()
+        return [p.grad.clone() for p in texture.parameters()]
+
+    for g, w in zip(got, want):
+        assert torch.isfinite(g).all() and torch.allclose(g[covered], w[covered], atol=1e-6)
+    for g, w in zip(gradients(got), gradients(want)):
+        assert torch.allclose(g, w, atol=1e-5)

@@ -68,7 +68,7 @@ def render_views(surface: Surface, texture: TextureFn, cameras: CameraBatch, lig
     position = interpolate(surface.vertices, fragments, surface.faces)
     normal = F.normalize(interpolate(surface.normals, fragments, surface.faces), dim=-1, eps=1e-8)
     view_dir = F.normalize(cameras.position.to(position)[:, None, None, :] - position, dim=-1, eps=1e-8)
-    sample = texture(uv, position, footprint)
+    sample = sample_covered(texture, uv, position, footprint, fragments.mask.bool())
     shading_normal = (mapped_normal(surface, fragments, normal, sample.normal, view_dir)
                       if isinstance(sample, NormalMappedSample) else normal)
     shader = shade_environment if isinstance(lighting, EnvironmentLighting) else shade
@@ -77,6 +77,29 @@ def render_views(surface: Surface, texture: TextureFn, cameras: CameraBatch, lig
     depth, camera_normal = view_space_geometry(cameras.mvp.to(position), position, normal)
     return RenderOutput(image=composite(srgb, mask, background), mask=mask, depth=depth * mask,
                         normal=camera_normal * mask, triangle_id=fragments.triangle_id)
+
+
+def sample_covered(texture: TextureFn, uv: torch.Tensor, position: torch.Tensor, footprint: torch.Tensor | None,
+                   covered: torch.Tensor) -> SurfaceSample | NormalMappedSample:
+    """`texture(uv, position, footprint)` evaluated at the covered pixels only (covered: (B, H, W) bool)
+    and scattered back to (B, H, W, C): the same values and gradients there, at the cost of the
+    object's pixels (the albedo field's MLP runs per point; the object often fills under half the
+    frame). Background pixels repeat the first covered pixel's values, detached: they are finite
+    and `composite` gives them no gradient."""
+    count = int(covered.sum())
+    if count in (0, covered.numel()):
+        return texture(uv, position, footprint)
+
+    def gathered(values: torch.Tensor | None) -> torch.Tensor | None:  # (B, H, W, C) -> (1, N, 1, C)
+        return None if values is None else values[covered][None, :, None]
+
+    def scattered(values: torch.Tensor) -> torch.Tensor:  # (1, N, 1, C) -> (B, H, W, C)
+        full = values[0, :1, 0].detach().expand(*covered.shape, values.shape[-1]).clone()
+        full[covered] = values[0, :, 0]
+        return full
+
+    sample = texture(gathered(uv), gathered(position), gathered(footprint))
+    return type(sample)(*(scattered(values) for values in sample))
 
 
 def mapped_normal(surface: Surface, fragments: Fragments, normal: torch.Tensor, tangent_normal: torch.Tensor,
