@@ -43,12 +43,12 @@ def render_batched(mesh: MeshData, texture: TextureFn, cameras: CameraBatch, ras
     """Render every camera of `cameras` lit by the studio environment, as a glTF viewer would show
     the model (`fixed_environment_lighting`, the light the optimiser uses), VIEWS_PER_BATCH at a time.
 
-    Returns a RenderOutput on the CPU: image (B, H, W, 3) sRGB in [0, 1], mask (B, H, W, 1).
+    Returns a RenderOutput on the CPU: image (B, H, W, 3) sRGB in [0, 1], mask (B, H, W, 1), uv (B, H, W, 2).
     """
     device = torch.device(getattr(rasterizer, "device", "cpu"))
     surface = Surface.from_mesh(mesh, device)
     environments = bundled_environments().to(device)
-    images, masks = [], []
+    images, masks, uvs = [], [], []
     with torch.no_grad():
         for start in range(0, cameras.batch_size, VIEWS_PER_BATCH):
             views = _camera_slice(cameras, start, start + VIEWS_PER_BATCH).to(device)
@@ -57,7 +57,8 @@ def render_batched(mesh: MeshData, texture: TextureFn, cameras: CameraBatch, ras
             out = render_views(surface, texture, views, lighting, rasterizer, fill)
             images.append(out.image.cpu())
             masks.append(out.mask.cpu())
-    return RenderOutput(image=torch.cat(images), mask=torch.cat(masks))
+            uvs.append(out.uv.cpu())
+    return RenderOutput(image=torch.cat(images), mask=torch.cat(masks), uv=torch.cat(uvs))
 
 
 def _camera_slice(cameras: CameraBatch, start: int, stop: int) -> CameraBatch:

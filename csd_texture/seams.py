@@ -43,7 +43,7 @@ FALLBACK_PAD = 2  # texels; reference values for pixels whose footprint holds no
 
 
 class CoveredTexture(torch.nn.Module):
-    """Bilinear sampling of maps that uses covered texels only, recording the sampled UVs.
+    """Bilinear sampling of maps that uses covered texels only.
 
     Where a footprint holds no covered texel (slivers thinner than a texel), the value comes
     from the covered texels grown by FALLBACK_PAD texels (``pad_charts``).
@@ -57,11 +57,9 @@ class CoveredTexture(torch.nn.Module):
         self.register_buffer("weighted", weighted.permute(2, 0, 1)[None])
         fallback = pad_charts(albedo, coverage, FALLBACK_PAD)
         self.register_buffer("fallback", fallback.permute(2, 0, 1)[None])
-        self.uv: list[torch.Tensor] = []
 
     def forward(self, uv: torch.Tensor, position: torch.Tensor | None = None,
                 footprint: torch.Tensor | None = None) -> SurfaceSample:
-        self.uv.append(uv.detach().cpu())
         grid = uv_to_grid(uv)
         total = _sample(self.weighted, grid)
         weight = total[..., 3:]
@@ -132,7 +130,7 @@ def seam_report(mesh: MeshData, maps: PBRMaps, exported: Path, *, views: int = 2
     exported_texture = exported_texture.to(device)
     finest = lambda uv, position, footprint: exported_texture(uv, position)  # noqa: E731 - texel lookups, as the reference
     actual = render_batched(placed, finest, cameras, rasterizer, unlit=True, background=BACKGROUND)
-    surface, border = _surface_and_border(reference, torch.cat(reference_texture.uv), maps.coverage, border_texels)
+    surface, border = _surface_and_border(reference, reference.uv, maps.coverage, border_texels)
     error = (actual.image - reference.image).abs().amax(dim=-1)
     report = {"views": cameras.batch_size, "size": size,
               **_summarise(cameras, surface, border, error, _shows_background(reference, actual), tolerance)}

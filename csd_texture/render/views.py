@@ -47,13 +47,15 @@ class RenderOutput:
     """image: (B, H, W, 3) sRGB in [0, 1] over the background; mask: (B, H, W, 1) coverage;
     depth: (B, H, W, 1) distance along the view axis and normal: (B, H, W, 3) camera-space unit
     normals (x right, y up, z towards the camera), both 0 on the background (ControlNet inputs);
-    triangle_id: (B, H, W) int64 face of each pixel, -1 on the background (per-part prompts)."""
+    triangle_id: (B, H, W) int64 face of each pixel, -1 on the background (per-part prompts);
+    uv: (B, H, W, 2) texture coordinates, 0 on the background (seam checks)."""
 
     image: torch.Tensor
     mask: torch.Tensor
     depth: torch.Tensor | None = None
     normal: torch.Tensor | None = None
     triangle_id: torch.Tensor | None = None
+    uv: torch.Tensor | None = None
 
 
 def render_views(surface: Surface, texture: TextureFn, cameras: CameraBatch, lighting: Lighting | EnvironmentLighting,
@@ -76,7 +78,7 @@ def render_views(surface: Surface, texture: TextureFn, cameras: CameraBatch, lig
     srgb = linear_to_srgb(linear.clamp(0.0, 1.0))
     depth, camera_normal = view_space_geometry(cameras.mvp.to(position), position, normal)
     return RenderOutput(image=composite(srgb, mask, background), mask=mask, depth=depth * mask,
-                        normal=camera_normal * mask, triangle_id=fragments.triangle_id)
+                        normal=camera_normal * mask, triangle_id=fragments.triangle_id, uv=uv)
 
 
 def sample_covered(texture: TextureFn, uv: torch.Tensor, position: torch.Tensor, footprint: torch.Tensor | None,
