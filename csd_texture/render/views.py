@@ -15,6 +15,8 @@ from ..lighting import EnvironmentLighting
 from .shading import composite, linear_to_srgb, shade, shade_environment
 from .tangents import perturbed_normal, vertex_tangents
 
+# texture(uv (..., 2), position (..., 3), footprint (..., 1) or None) -> a sample per point. render_views calls it on
+# the covered pixels only, shaped (1, N, 1, C) (`sample_covered`), so a texture must not assume a frame's layout.
 TextureFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], SurfaceSample | NormalMappedSample]
 
 
