@@ -3,7 +3,10 @@ which pattern an image shows (FFT periodicity and gradient orientation for strip
 statistics for dots, colour clusters for plain), which named colours, and how sharp its
 highlight is. Deliberately hand-written and small: each number can be read and thresholded.
 
-Images are sRGB in [0, 1], (B, H, W, 3) or (H, W, 3); numpy arrays or tensors.
+Images are sRGB in [0, 1], (B, H, W, 3) or (H, W, 3); numpy arrays or tensors. The pattern is
+measured in a centred square that lies on the object: the largest of CROP_FRACTIONS whose pixels
+are not the flat grey background (see `object_crop_fractions`), so a close-up is judged on most of
+the image and a small object on its middle.
 """
 from __future__ import annotations
 
@@ -71,6 +74,45 @@ def colour_matches(rgb, name: str) -> torch.Tensor:
     return (d <= 30.0) & (s >= (0.15 if name == "pink" else 0.3)) & (v >= 0.2)
 
 
+CROP_FRACTIONS = (0.7, 0.62, 0.56, 0.5, 0.44)  # the crop's side over the image's, largest tried first
+BACKGROUND_TOLERANCE = 0.05  # per channel, from the image border's median colour
+BACKGROUND_MAX_SATURATION = 0.12  # the renders' (and samples') backgrounds are grey
+BACKGROUND_ALLOWED = 0.005  # share of background pixels a crop may hold
+
+
+def background_mask(image: torch.Tensor) -> torch.Tensor:
+    """(H, W) bool for one (H, W, 3) image: the pixels connected to the image border whose colour is
+    within BACKGROUND_TOLERANCE of the border's median colour, when that colour is grey (a
+    coloured border is the object itself, seen close up: no background)."""
+    ring = torch.cat([image[:2].reshape(-1, 3), image[-2:].reshape(-1, 3),
+                      image[:, :2].reshape(-1, 3), image[:, -2:].reshape(-1, 3)])
+    reference = ring.median(0).values
+    _, saturation, _ = rgb_to_hsv(reference)
+    if saturation > BACKGROUND_MAX_SATURATION:
+        return torch.zeros(image.shape[:2], dtype=torch.bool)
+    near = ((image - reference).abs().max(-1).values < BACKGROUND_TOLERANCE).numpy()
+    labels, _ = ndimage.label(near)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return torch.from_numpy(np.isin(labels, border[border > 0]))
+
+
+def object_crop_fractions(images) -> list[float]:
+    """Per image, the largest of CROP_FRACTIONS whose centred crop holds at most BACKGROUND_ALLOWED
+    background pixels (`background_mask`); the smallest when none does."""
+    x = _as_batch(images)
+    h = x.shape[1]
+    out = []
+    for image in x:
+        background = background_mask(image)
+        for fraction in CROP_FRACTIONS:
+            side = max(4, round(h * fraction))
+            top = (h - side) // 2
+            if background[top:top + side, top:top + side].double().mean() <= BACKGROUND_ALLOWED:
+                break
+        out.append(fraction)
+    return out
+
+
 @dataclass(frozen=True)
 class TwoColours:
     """The 2-means split of each image's pixels: centres (B, 2, 3) sRGB (0: the larger cluster),
@@ -113,25 +155,34 @@ def two_colours(crop: torch.Tensor, iterations: int = 8) -> TwoColours:
 class PatternFeatures:
     """Per image (B,): separation and minority of the two colour clusters; highpass: median
     |image - blur| (patterns are sharp, shading is smooth); coherence: how much the gradients of
-    the two-colour field share one orientation (stripes ~1, checks/dots/noise low); orientation:
+    the two-colour field share one orientation (stripes ~1, checks/dots/noise low); cross: the
+    gradient energy across the dominant direction (within 22.5 degrees of its perpendicular) over
+    that along it (stripes ~0, even when bent; checks ~0.5-1: their edges run both ways, which a
+    large check's locally coherent edges hide from `coherence`); axes: the share of that energy
+    along either of the two directions (edges in any direction alike, as blotches: 0.5; squares:
+    0.7-0.9); orientation:
     the dominant gradient direction in degrees [0, 180); periodicity: share of the windowed
     spectrum's power (without DC) in its strongest frequency pair; islands: connected minority
     regions of at least ISLAND_MIN_AREA pixels; inner_islands: those of them that do not touch the
     crop's border; island_area: their mean area in pixels; sea: the
     share of the majority colour in its largest connected region (dots on a ground: ~1; stripes
-    and checks cut the majority into pieces)."""
+    and checks cut the majority into pieces); centres: the two colours (B, 2, 3) as `TwoColours`;
+    fraction: the crop's side over the image's."""
 
     separation: torch.Tensor
     minority: torch.Tensor
     highpass: torch.Tensor
     coherence: torch.Tensor
+    cross: torch.Tensor
+    axes: torch.Tensor
     orientation: torch.Tensor
     periodicity: torch.Tensor
     islands: torch.Tensor
     inner_islands: torch.Tensor
     island_area: torch.Tensor
     sea: torch.Tensor
-    split: TwoColours
+    centres: torch.Tensor
+    fraction: torch.Tensor
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -155,9 +206,23 @@ def _regions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.bincount(labels.ravel(), minlength=count + 1)[1:], border[1:]
 
 
-def pattern_features(images, fraction: float = 0.44) -> PatternFeatures:
-    """Measure the central crop of each image (see PatternFeatures)."""
-    crop = central_crop(images, fraction)
+def _edge_directions(gx: torch.Tensor, gy: torch.Tensor, bins: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """From the gradients gx, gy (B, h, w) of the two-colour field, per image (B,): cross, the
+    energy within 22.5 degrees of the perpendicular of the strongest direction over the energy
+    within 22.5 degrees of that direction; axes, the energy within 22.5 degrees of either over
+    all of it (any direction alike: 0.5)."""
+    energy = (gx * gx + gy * gy).flatten(1)
+    angle = torch.atan2(gy, gx).flatten(1) % math.pi
+    index = (angle / math.pi * bins).long().clamp(max=bins - 1)
+    hist = torch.zeros(energy.shape[0], bins, dtype=energy.dtype).scatter_add_(1, index, energy)
+    around = lambda k: torch.stack([hist.gather(1, ((k + d) % bins)[:, None])[:, 0] for d in (-1, 0, 1)]).sum(0)
+    peak = hist.argmax(1)
+    along, across = around(peak), around(peak + bins // 2)
+    return across / along.clamp(min=1e-12), (along + across) / hist.sum(1).clamp(min=1e-12)
+
+
+def _crop_features(crop: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The PatternFeatures fields (but fraction) of (B, h, w, 3) crops, as a dict."""
     split = two_colours(crop)
     axis = split.centres[:, 1] - split.centres[:, 0]
     field = ((crop - split.centres[:, 0, None, None]) * axis[:, None, None]).sum(-1) / (axis * axis).sum(-1).clamp(min=1e-6)[:, None, None]
@@ -182,6 +247,7 @@ def pattern_features(images, fraction: float = 0.44) -> PatternFeatures:
     power = torch.fft.fft2(centred * window).abs() ** 2
     power[:, 0, 0] = 0.0
     periodicity = 2 * power.flatten(1).max(1).values / power.flatten(1).sum(1).clamp(min=1e-12)
+    cross, axes = _edge_directions(gx, gy)
 
     islands, inner_islands, island_area, sea = [], [], [], []
     for labels in split.labels.numpy():
@@ -193,31 +259,48 @@ def pattern_features(images, fraction: float = 0.44) -> PatternFeatures:
         island_area.append(float(areas[big].mean()) if big.any() else 0.0)
         sea.append(float(ground.max() / ground.sum()) if len(ground) else 0.0)
     as_tensor = lambda values: torch.tensor(values, dtype=torch.float64)
-    return PatternFeatures(split.separation, split.minority, highpass, coherence, orientation, periodicity.clamp(max=1.0),
-                           as_tensor(islands), as_tensor(inner_islands), as_tensor(island_area), as_tensor(sea), split)
+    return dict(separation=split.separation, minority=split.minority, highpass=highpass, coherence=coherence,
+                cross=cross, axes=axes, orientation=orientation, periodicity=periodicity.clamp(max=1.0),
+                islands=as_tensor(islands), inner_islands=as_tensor(inner_islands), island_area=as_tensor(island_area),
+                sea=as_tensor(sea), centres=split.centres)
 
 
-def classify_patterns(images, fraction: float = 0.44) -> list[str]:
-    """One of PATTERN_CLASSES per image, by thresholds on `pattern_features`:
+def pattern_features(images, fraction: float | None = None) -> PatternFeatures:
+    """Measure a centred crop of each image (see PatternFeatures): of side `fraction` of the
+    image's, or, with None, the largest that lies on the object (`object_crop_fractions`)."""
+    x = _as_batch(images)
+    fractions = [fraction] * len(x) if fraction is not None else object_crop_fractions(x)
+    fields: dict[str, torch.Tensor] = {}
+    for value in sorted(set(fractions)):  # one batch per crop size
+        index = torch.tensor([i for i, f in enumerate(fractions) if f == value])
+        for name, t in _crop_features(central_crop(x[index], value)).items():
+            fields.setdefault(name, torch.zeros((len(x),) + t.shape[1:], dtype=t.dtype))[index] = t
+    return PatternFeatures(**fields, fraction=torch.tensor(fractions, dtype=torch.float64))
+
+
+def classify_patterns(images, fraction: float | None = None) -> list[str]:
+    """One of PATTERN_CLASSES per image, by thresholds on `pattern_features` (crop as there):
     plain: one colour (clusters close, or no sharp detail); dots: two or more islands of the
     minority colour, under 40% of the crop, in one connected ground of the other, one of them
     wholly inside the crop unless the gradients are incoherent (two stripes at the crop's edges
-    are islands too); stripes: coherent gradient orientation; checkerboard: minority near half,
-    incoherent; other: anything else (marble, wood, noise). The thresholds were set on the
+    are islands too); stripes: coherent gradient orientation with little energy across it (or
+    very coherent); checkerboard: minority near half, edges along two perpendicular directions
+    (`axes`); other: anything else (marble, wood, noise, blotches). The thresholds were set on the
     training renders of tools/train_pattern_prior.py (`pattern_prior_eval.py --confusion` prints
     how often each true pattern gets each class)."""
     feats = pattern_features(images, fraction)
     out = []
     for i in range(len(feats.separation)):
-        sep, minority, hp, coh = (float(t[i]) for t in (feats.separation, feats.minority, feats.highpass, feats.coherence))
+        sep, minority, hp, coh, cross, axes = (float(t[i]) for t in (feats.separation, feats.minority, feats.highpass,
+                                                                      feats.coherence, feats.cross, feats.axes))
         islands, inner, sea = int(feats.islands[i]), int(feats.inner_islands[i]), float(feats.sea[i])
         if sep < PLAIN_SEPARATION or hp < PLAIN_HIGHPASS or minority < 0.03:
             out.append("plain")
         elif minority < 0.4 and islands >= 2 and sea >= DOTS_GROUND and (inner >= 1 or coh < STRIPES_COHERENCE):
             out.append("dots")
-        elif coh >= STRIPES_COHERENCE:
+        elif coh >= STRIPES_COHERENCE and (cross < STRIPES_CROSS or coh >= STRIPES_SURE_COHERENCE):
             out.append("stripes")
-        elif minority >= 0.3:
+        elif minority >= 0.3 and axes >= CHECKS_AXES:
             out.append("checkerboard")
         else:
             out.append("other")
@@ -227,6 +310,9 @@ def classify_patterns(images, fraction: float = 0.44) -> list[str]:
 PLAIN_SEPARATION = 0.2
 PLAIN_HIGHPASS = 0.01
 STRIPES_COHERENCE = 0.6
+STRIPES_CROSS = 0.3  # cross energy above which coherent edges are checks' (stripes: median 0.03, checks 0.6-0.8)
+CHECKS_AXES = 0.6  # edge energy along two perpendicular directions: squares (median 0.72-0.84), not blotches (0.5)
+STRIPES_SURE_COHERENCE = 0.75  # stripes even with cross energy (a crop that holds a silhouette or a cube's edge)
 DOTS_GROUND = 0.97
 ISLAND_MIN_AREA = 3  # pixels; smaller regions are noise or anti-aliasing
 

@@ -110,17 +110,41 @@ def held_out_renders():
     return images, labels
 
 
-def test_classifier_recognises_the_training_renders():
+# the judge's floors per data mix, measured (400 renders, seed 99): shipped mix plain 0.75, stripes
+# 0.86, checks 0.75, dots 0.70 (the judge before object-sized crops and cross energy: 0.75, 0.89,
+# 0.71, 0.58); checks laid on the surface with large dots: 0.78, 0.86, 0.71, 0.41 (before: checks
+# about 0.44, most called stripes: a large check's edges are locally coherent)
+@pytest.mark.parametrize(("mix", "floors"), [
+    ({}, {"plain": 0.7, "stripes": 0.8, "checkerboard": 0.55, "dots": 0.62}),
+    ({"dot_spacing": (0.55, 0.8), "checker_cell": (0.4, 0.6), "checker_kind": "surface"},
+     {"plain": 0.7, "stripes": 0.8, "checkerboard": 0.62, "dots": 0.35}),
+], ids=["shipped-mix", "surface-checks"])
+def test_classifier_recognises_the_training_renders(mix, floors):
     """The judge itself: on held-out renders of the training generator (lit, all shapes and framings)
     each pattern gets its own class most often. Its per-pattern shares are the ceiling a sample's
     accuracy is read against (tools/pattern_prior_eval.py --confusion prints them)."""
     sys.path.insert(0, str(TOOLS))
     from pattern_prior_eval import classifier_confusion
+    from train_pattern_prior import DataMix
 
-    shares = classifier_confusion(n=400, seed=99)  # {true pattern: {class: share}}
-    floors = {"plain": 0.7, "stripes": 0.8, "checkerboard": 0.65, "dots": 0.4}
+    shares = classifier_confusion(n=400, seed=99, mix=DataMix(**mix))  # {true pattern: {class: share}}
     assert all(shares[p].get(p, 0.0) >= floors[p] for p in floors), shares
     assert shares["stripes"].get("dots", 0.0) <= 0.05 and shares["plain"].get("dots", 0.0) <= 0.05, shares
+
+
+@pytest.mark.parametrize("blotch_px", [2.5, 3.0])
+def test_classifier_does_not_call_blotches_a_pattern(blotch_px):
+    """Two-coloured blotches (smoothed noise thresholded at its median, black and white, filling the
+    image) are neither checks nor stripes: their edges run every way. Measured (40 images): 0.05 and
+    0.20 called either at 2.5 and 3 px; the judge before edge directions called 0.82 and 0.80."""
+    from csd_texture.pattern_metrics import _blur
+
+    noise = torch.randn(40, 1, 64, 64, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    field = _blur(noise, blotch_px)[:, 0]
+    white = (field > field.flatten(1).median(1).values[:, None, None]).double()[..., None]
+    images = _blur((0.1 + 0.85 * white).expand(-1, -1, -1, 3).permute(0, 3, 1, 2), 0.7).permute(0, 2, 3, 1)
+    classes = classify_patterns(images)
+    assert np.mean([c in ("checkerboard", "stripes") for c in classes]) <= 0.25, classes
 
 
 def test_autoencoder_reconstructs_patterns(pipe, held_out_renders):
@@ -143,16 +167,24 @@ def test_autoencoder_reconstructs_patterns(pipe, held_out_renders):
     assert np.mean([a == b for a, b in zip(before, classify_patterns(blurred.permute(0, 2, 3, 1)))]) < 0.3
 
 
-# the captioned pattern's floor: the issue's 0.8 for stripes; checks reach 0.67 over seeds 0 and 3
-# (24 samples; this test's seed draws 10 of 10), so their floor is lower (README's figures)
+BLOTCHES = "the shipped prior draws two-coloured blotches here, which the judge no longer counts as the pattern"
+
+
+# the captioned pattern's floor: the issue's 0.8 for stripes, 0.5 for checks. With the judge that
+# counted any balanced two-colour field as checks and large blotches as stripes, all three passed;
+# the judge now asks for edges along two perpendicular directions (checks) or across only one
+# (stripes), and the shipped prior's blue and yellow stripes and black and white checks are what
+# its sample sheet shows, blotches (bench/results/pattern-prior-samples.png): strict xfails.
 @pytest.mark.parametrize(("caption", "colours", "pattern", "floor"), [
     ("a red and white striped ball", ("red", "white"), "stripes", PATTERN_COLOURS_TARGET),
-    ("blue and yellow stripes", ("blue", "yellow"), "stripes", PATTERN_COLOURS_TARGET),
-    ("a black and white checkered cube", ("black", "white"), "checkerboard", 0.5),
+    pytest.param("blue and yellow stripes", ("blue", "yellow"), "stripes", PATTERN_COLOURS_TARGET,
+                 marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=BLOTCHES + " (0.20 striped)")),
+    pytest.param("a black and white checkered cube", ("black", "white"), "checkerboard", 0.5,
+                 marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=BLOTCHES + " (0.20 checks)")),
 ])
 def test_pattern_captions_give_patterns_in_the_captioned_colours(pipe, random_pipe, caption, colours, pattern, floor):
     """Both colours and not plain in >= 80% of the samples, and the classifier's class is the
-    caption's pattern in `floor` of them (measured at this seed: 0.9, 1.0, 1.0)."""
+    caption's pattern in `floor` of them (measured at this seed: 0.9, 0.2, 0.2)."""
     images = sample(pipe, caption)
     coloured, right = two_coloured_pattern(images, colours), captioned_pattern(images, colours, pattern)
     assert np.mean(coloured) >= PATTERN_COLOURS_TARGET, f"'{caption}': {np.mean(coloured):.2f}"

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import torch
-from train_pattern_prior import PATTERNS, draw_scenes
+from train_pattern_prior import PATTERNS, DataMix, draw_scenes
 
 from csd_texture.pattern_metrics import (
     central_crop,
@@ -53,7 +53,7 @@ def judge_pattern(images, pattern: str, colours: tuple[str, ...]) -> dict:
     crops = central_crop(images)
     ok_colour = []
     for i in range(len(classes)):
-        centres = feats.split.centres[i]
+        centres = feats.centres[i]
         if len(colours) == 1:
             ok_colour.append(bool(colour_matches(crops[i].mean((0, 1)), colours[0])))
         else:
@@ -73,13 +73,13 @@ def judge_material(images, glossy: bool) -> dict:
 
 
 @torch.no_grad()
-def reconstruction(vae, n_per_pattern: int = 48, seed: int = 10**6) -> dict:
+def reconstruction(vae, n_per_pattern: int = 48, seed: int = 10**6, mix: DataMix = DataMix()) -> dict:
     """Held-out renders per pattern: MSE and PSNR (0..1 images) of decode(encode(x)), and how often
     the classifier gives the reconstruction the same class as the original."""
     g = torch.Generator().manual_seed(seed)
     per: dict[str, list] = {p: [] for p in PATTERNS}
     while min(len(v) for v in per.values()) < n_per_pattern:
-        x, labels = draw_scenes(96, g, named_fraction=1.0)
+        x, labels = draw_scenes(96, g, named_fraction=1.0, mix=mix)
         for image, label in zip(x, labels):
             if len(per[label["pattern"]]) < n_per_pattern:
                 per[label["pattern"]].append(image)
@@ -94,10 +94,10 @@ def reconstruction(vae, n_per_pattern: int = 48, seed: int = 10**6) -> dict:
     return out
 
 
-def classifier_confusion(n: int = 600, seed: int = 7) -> dict[str, dict[str, float]]:
-    """How often the classifier gives each class to held-out training renders (named colours) of
-    each true pattern: the ceiling a sample's pattern accuracy can be read against."""
-    images, labels = draw_scenes(n, torch.Generator().manual_seed(seed), named_fraction=1.0)
+def classifier_confusion(n: int = 600, seed: int = 7, mix: DataMix = DataMix()) -> dict[str, dict[str, float]]:
+    """How often the classifier gives each class to held-out training renders (named colours, data
+    mix `mix`) of each true pattern: the ceiling a sample's pattern accuracy can be read against."""
+    images, labels = draw_scenes(n, torch.Generator().manual_seed(seed), named_fraction=1.0, mix=mix)
     classes = classify_patterns(images.permute(0, 2, 3, 1))
     out: dict[str, dict[str, float]] = {}
     for pattern in PATTERNS:
@@ -121,10 +121,13 @@ def random_baseline(pipe):
     return baseline
 
 
-def evaluate(folder: Path, log, seed: int = 0, n: int = 12) -> dict:
+def evaluate(folder: Path, log, seed: int = 0, n: int = 12, mix: DataMix = DataMix()) -> dict:
+    """The figures of train_report.json; renders (confusion, reconstruction) drawn with the
+    training's data mix `mix`."""
     t0 = time.time()
     pipe = load_ddim_pipeline(folder)
-    report: dict = {"classifier_on_training_renders": classifier_confusion(), "vae_reconstruction": reconstruction(pipe.vae)}
+    report: dict = {"classifier_on_training_renders": classifier_confusion(mix=mix),
+                    "vae_reconstruction": reconstruction(pipe.vae, mix=mix)}
     for pattern, shares in report["classifier_on_training_renders"].items():
         log(f"classifier on {pattern:12s} renders: {shares}")
     for pattern, r in report["vae_reconstruction"].items():

@@ -9,7 +9,8 @@ diffusers folder format of a real model (`StableDiffusionPipeline.from_pretraine
   the texturing loop frames a mesh (`cameras.make_cameras` with the default field of view 35-50
   degrees and distance scale 0.75-1.2, so close-ups crop the object; elevation -20..50 degrees,
   any azimuth) over a grey background, with a solid (object-space) procedural texture: plain,
-  stripes (periods of about 9-30 pixels, horizontal bands, vertical or any angle), checkerboard,
+  stripes (periods of about 9-30 pixels, horizontal bands, vertical or any angle), checkerboard (a
+  rotated 3-D one, or squares laid on the shape with `--checker-kind surface`),
   dots (7-12 pixels, 2-3 across the classifiers' central crop), marble
   (turbulent veins) or wood rings; colours named (red, orange, yellow, green, blue, purple, pink,
   brown, white, black, grey; gold and silver for metals) or arbitrary; a material class (matte:
@@ -86,12 +87,19 @@ class DataMix:
     folder; `pattern_weights` None draws the patterns uniformly. `stripe_kinds`: the shares of
     horizontal bands (about the up axis) and of vertical ones; the rest run at any angle.
     `dot_spacing`: the range of the dot lattice's spacing in object units (the dots' radius is
-    0.3-0.38 of it). `material_weights`: the shares of unlabelled (any roughness and metallic),
+    0.3-0.38 of it). `checker_cell`: the range of the checkerboard's cell size in object units.
+    `checker_kind`: "solid" (the shipped folder's: a 3-D checkerboard at a random rotation, whose
+    cut by a face or curved side shows triangles and diamonds as often as squares) or "surface"
+    (squares laid on the shape: the cube's faces, the sphere's longitude and latitude, the
+    cylinder's angle and height and its caps).
+    `material_weights`: the shares of unlabelled (any roughness and metallic),
     matte, glossy and metal renders."""
 
     pattern_weights: tuple[float, ...] | None = None
     stripe_kinds: tuple[float, float] = (0.4, 0.2)
     dot_spacing: tuple[float, float] = (0.38, 0.55)
+    checker_cell: tuple[float, float] = (0.25, 0.42)
+    checker_kind: str = "solid"
     material_weights: tuple[float, float, float, float] = (0.25, 0.3, 0.25, 0.2)
 
 
@@ -223,8 +231,32 @@ def _turbulence(q: torch.Tensor, g: torch.Generator, octaves: int = 4) -> torch.
     return out
 
 
-def _pattern_mask(pattern: torch.Tensor, p: torch.Tensor, g: torch.Generator, mix: DataMix = DataMix()) -> torch.Tensor:
-    """Soft mask (n, H, W) in [0, 1] of the second colour for object-space points p (n, H, W, 3)."""
+def _surface_checks(shape: torch.Tensor, p: torch.Tensor, cell: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Checkerboard laid on each shape's surface, (n, H, W) in [0, 1]: shape (n,) index into
+    SHAPES, p (n, H, W, 3) object-space points, cell (n, 1, 1) the cell size. Around the sphere's
+    and cylinder's axis an even number of cells, so the squares meet where the angle wraps."""
+    n = p.shape[0]
+    col = lambda t: t.view(n, 1, 1)
+    edge = lambda s: torch.clamp(s * 4.0, -1.0, 1.0)  # anti-aliased sign, as the solid checks
+    phase = torch.rand(n, 1, 1, 3, generator=g) * cell[..., None]  # where the grid starts
+    q = p + phase
+    cube = edge(torch.sin(math.pi * q[..., 0] / cell)) * edge(torch.sin(math.pi * q[..., 1] / cell)) \
+        * edge(torch.sin(math.pi * q[..., 2] / cell))
+    angle = torch.atan2(p[..., 2], p[..., 0]) + col(uniform(n, 0.0, 2 * math.pi, g))
+    around = lambda radius: 2 * torch.clamp(torch.round(math.pi * radius / cell), min=2)  # even cell count
+    latitude = torch.asin(p[..., 1].clamp(-1.0, 1.0))
+    sphere = edge(torch.sin(angle * around(1.0) / 2)) * edge(torch.sin(math.pi * (latitude + phase[..., 1]) / cell))
+    cylinder_side = edge(torch.sin(angle * around(0.6) / 2)) * edge(torch.sin(math.pi * q[..., 1] / cell))
+    cap = edge(torch.sin(math.pi * q[..., 0] / cell)) * edge(torch.sin(math.pi * q[..., 2] / cell))
+    cylinder = torch.where(p[..., 1].abs() >= 0.8 - 1e-3, cap, cylinder_side)
+    checks = torch.where(col(shape == 0), sphere, torch.where(col(shape == 1), cube, cylinder))
+    return 0.5 + 0.5 * checks
+
+
+def _pattern_mask(pattern: torch.Tensor, p: torch.Tensor, g: torch.Generator, mix: DataMix = DataMix(),
+                  shape: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft mask (n, H, W) in [0, 1] of the second colour for object-space points p (n, H, W, 3)
+    of shapes `shape` (n,) (needed for `mix.checker_kind` "surface")."""
     n = p.shape[0]
     col = lambda t: t.view(n, 1, 1)
     q = torch.einsum("nhwi,nij->nhwj", p, _rotation(n, g))
@@ -239,9 +271,11 @@ def _pattern_mask(pattern: torch.Tensor, p: torch.Tensor, g: torch.Generator, mi
     s = torch.sin(2 * math.pi * (p * k[:, None, None]).sum(-1) / period + col(uniform(n, 0, 2 * math.pi, g)))
     stripes = (0.5 + 4.0 * (s + col(uniform(n, -0.2, 0.2, g)))).clamp(0, 1)
 
-    cell = col(uniform(n, 0.25, 0.42, g))
+    cell = col(uniform(n, *mix.checker_cell, g))
     soft = lambda a: torch.clamp(torch.sin(math.pi * a / cell) * 4.0, -1.0, 1.0)
     checker = 0.5 + 0.5 * soft(q[..., 0]) * soft(q[..., 1]) * soft(q[..., 2])
+    if mix.checker_kind == "surface":
+        checker = _surface_checks(shape, p, cell, g)
 
     spacing = uniform(n, *mix.dot_spacing, g)  # by default dots of about 7-12 px, 2-3 per 28 px (the classifiers' crop)
     radius = col(spacing * uniform(n, 0.3, 0.38, g))
@@ -344,7 +378,7 @@ def draw_scenes(n: int, g: torch.Generator, size: int = IMAGE_SIZE, named_fracti
             h, p, nn = _intersect(k, origin[idx], direction[idx])
             hit[idx], point[idx], normal[idx] = h, p, nn
 
-    m = _pattern_mask(pattern, point, g, mix)[..., None]
+    m = _pattern_mask(pattern, point, g, mix, shape)[..., None]
     c1, c2 = torch.stack(first), torch.stack(second)
     albedo = srgb_to_linear(c1[:, None, None] * (1 - m) + c2[:, None, None] * m)  # (n, res, res, 3) linear
 
@@ -590,7 +624,7 @@ def resume(args, log) -> None:
 
 def data_mix(args: argparse.Namespace) -> DataMix:
     return DataMix(tuple(args.pattern_weights) if args.pattern_weights else None, tuple(args.stripe_kinds),
-                   tuple(args.dot_spacing), tuple(args.material_weights))
+                   tuple(args.dot_spacing), tuple(args.checker_cell), args.checker_kind, tuple(args.material_weights))
 
 
 def unet_dtype(args: argparse.Namespace) -> torch.dtype:
@@ -618,6 +652,11 @@ def main(argv=None):
                         help="shares of horizontal and vertical stripes; the rest at any angle (default 0.4 0.2)")
     parser.add_argument("--dot-spacing", type=float, nargs=2, metavar=("MIN", "MAX"), default=DataMix().dot_spacing,
                         help="range of the dot lattice's spacing in object units (default 0.38 0.55)")
+    parser.add_argument("--checker-cell", type=float, nargs=2, metavar=("MIN", "MAX"), default=DataMix().checker_cell,
+                        help="range of the checkerboard's cell size in object units (default 0.25 0.42)")
+    parser.add_argument("--checker-kind", choices=("solid", "surface"), default=DataMix().checker_kind,
+                        help="solid: a 3-D checkerboard at a random rotation (the shipped folder's); surface: squares "
+                             "laid on each shape's faces, longitude and latitude (default solid)")
     parser.add_argument("--material-weights", type=float, nargs=4, metavar=("UNLABELLED", "MATTE", "GLOSSY", "METAL"),
                         default=DataMix().material_weights,
                         help="relative shares of unlabelled, matte, glossy and metal renders (default 0.25 0.3 0.25 0.2)")
@@ -641,7 +680,7 @@ def main(argv=None):
 
         report_path = args.out / "train_report.json"
         info = json.loads(report_path.read_text()) if report_path.exists() else {}
-        info.update(evaluate(args.out, log, seed=args.seed))
+        info.update(evaluate(args.out, log, seed=args.seed, mix=data_mix(args)))
         report_path.write_text(json.dumps(info, indent=1) + "\n")
         return
 
@@ -670,7 +709,10 @@ def main(argv=None):
     (args.out / "train_report.json").write_text(json.dumps(info, indent=1) + "\n")
     log(f"saved {args.out}")
     if not args.no_eval:
-        main(["--out", str(args.out), "--seed", str(args.seed), "--threads", str(args.threads), "--eval-only"])
+        from pattern_prior_eval import evaluate
+
+        info.update(evaluate(args.out, log, seed=args.seed, mix=data_mix(args)))
+        (args.out / "train_report.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
 if __name__ == "__main__":
