@@ -2,14 +2,16 @@
 
 It was trained by tools/train_pattern_prior.py (see tests/data/pattern-prior/README.md). Its
 samples, drawn with the pipeline's own sampler, are judged by the measurable classifiers of
-`csd_texture.pattern_metrics` (local gradient coherence for stripes, islands in a ground for dots,
-colour clusters, highlight peak), and the same captions on random weights must fail the same
-judges. The slow tests run the normal CLI with the prior on a sphere and a standing can (a
-cylinder) and measure the textures it writes: "red and white stripes" paints periodic red and
-white stripes where "a plain red object" is plain red, a flipped guidance sign moves away from
-them, and "a shiny metal ball" ends more metallic and smoother than "a matte clay ball" (with a
-weaker material prior). The cylinder lying on its side, a pose the prior never rendered, is a
-strict xfail with its measured figures.
+`csd_texture.pattern_metrics` (on the largest crop that lies on the object: local gradient coherence
+and edges across one direction for stripes, along two perpendicular ones for checks, islands in a
+ground for dots, colour clusters, highlight peak), and the same captions on random weights must fail
+the same judges. Blotches are neither checks nor stripes; the shipped prior draws blotches for "blue
+and yellow stripes" and checks, which are strict xfails. The slow tests run the normal CLI with the
+prior on a sphere and a standing can (a cylinder) and measure the textures it writes: "red and white
+stripes" paints periodic red and white stripes where "a plain red object" is plain red, a flipped
+guidance sign moves away from them, and "a shiny metal ball" ends more metallic and smoother than "a
+matte clay ball" (with a weaker material prior). The cylinder lying on its side, a pose the prior
+never rendered, is a strict xfail with its measured figures.
 """
 from __future__ import annotations
 
