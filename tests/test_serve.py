@@ -300,6 +300,46 @@ def test_cancel_stops_a_running_job(served) -> None:
     assert status == 204 and client.json("GET", f"/api/jobs/{reply['id']}")[0] == 404
 
 
+class ImpatientStore(JobStore):
+    """A client that removes each job the instant it reads it finished, as a script polling and
+    deleting does; before the fix, the worker still updated the job afterwards and died."""
+
+    def update(self, job_id: str, persist: bool = True, **changes) -> Job:
+        job = super().update(job_id, persist, **changes)
+        if job.state in ("done", "failed"):
+            self.remove(job_id)
+        return job
+
+
+def test_worker_survives_a_job_removed_the_moment_it_ends(tmp_path: Path) -> None:
+    store = ImpatientStore(tmp_path)
+    workers = Workers(store, preset("fast", model=str(TINY_PRIOR), device="cpu"), ["cpu"])
+    try:
+        ids = []
+        for mesh in (b"not a mesh", FUZE.read_bytes()):  # one fails, the next must still run
+            job = Job(id=store.new_id(), prompt="a red can", settings=FAST, input_name="a.obj", mesh="input/mesh.obj")
+            (tmp_path / job.id / "input").mkdir(parents=True)
+            (tmp_path / job.id / "input" / "mesh.obj").write_bytes(mesh)
+            ids.append(store.add(job).id)
+            workers.submit(job.id)
+        deadline = time.monotonic() + TIMEOUT_S
+        while any(store.get(i) is not None for i in ids):
+            assert time.monotonic() < deadline, [store.get(i) for i in ids]
+            time.sleep(0.1)
+        assert all(thread.is_alive() for thread in workers.threads)
+    finally:
+        workers.stop()
+
+
+def test_a_running_job_is_not_removed(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    job = store.add(Job(id=store.new_id(), prompt="p", settings={}, input_name="a.obj", mesh="input/mesh.obj"))
+    store.update(job.id, state="running")
+    with pytest.raises(ValueError, match="running"):
+        store.remove(job.id)
+    assert store.get(job.id) is not None and (tmp_path / job.id / "job.json").is_file()
+
+
 def test_jobs_outlive_a_restart_and_unfinished_ones_fail(tmp_path: Path) -> None:
     store = JobStore(tmp_path)
     done = store.add(Job(id=store.new_id(), prompt="p", settings={}, input_name="a.obj", mesh="input/mesh.obj"))

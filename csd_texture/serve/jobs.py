@@ -129,9 +129,9 @@ class JobStore:
     def remove(self, job_id: str) -> None:
         """Forget a finished job and delete its folder."""
         with self._lock:
-            job = self._jobs.pop(job_id)
-        if job.state in UNFINISHED:
-            raise ValueError(f"job {job_id} is {job.state}")
+            if self._jobs[job_id].state in UNFINISHED:
+                raise ValueError(f"job {job_id} is {self._jobs[job_id].state}")
+            self._jobs.pop(job_id)
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
 
     def _write(self, job: Job) -> None:

@@ -78,7 +78,10 @@ class Workers:
             job = self.store.get(job_id)
             if job is None or job.state != "queued":  # cancelled while queued
                 continue
-            self._run(job_id, index)
+            try:
+                self._run(job_id, index)
+            except Exception:  # noqa: BLE001 - a dead worker would leave every later job queued
+                log.exception("worker %d: job %s", index, job_id)
 
     def _run(self, job_id: str, index: int) -> None:
         store, folder = self.store, self.store.folder(job_id)
@@ -108,30 +111,29 @@ class Workers:
             """Messages name the upload as the client did, not by its place on the server."""
             return text.replace(str(folder / job.mesh), job.input_name).replace(str(folder) + "/", "")
 
+        # The job's end (state, error, warnings) is one update: a client that removes a job the moment
+        # it reads "failed" or "done" must not find a half-finished record, nor leave the worker
+        # updating a job that is gone.
         try:
             config = self.base.updated(**job.settings).updated(prompt=job.prompt, device=self.devices[index])
             result = texture_mesh(folder / job.mesh, config=config, guidance=self.guidance[index],
                                   progress=False, on_step=on_step)
             self._write_results(result, folder / RESULT)
             self._write_preview(folder, result.maps)
+            end = dict(state="done", progress=1.0, eta_s=0.0, has_preview=True)
+            log.info("job %s done", job_id)
         except Cancelled:
-            store.update(job_id, state="failed", error=CANCELLED, finished=time.time())
+            end = dict(state="failed", error=CANCELLED)
             log.info("job %s cancelled", job_id)
-            return
         except CSDTextureError as exc:  # the CLI's one-line message
-            store.update(job_id, state="failed", error=scrub(str(exc)), finished=time.time())
+            end = dict(state="failed", error=scrub(str(exc)))
             log.warning("job %s failed: %s", job_id, exc)
-            return
         except Exception as exc:  # noqa: BLE001 - a job never takes the server down
             log.exception("job %s failed unexpectedly", job_id)
-            store.update(job_id, state="failed", error=scrub(f"unexpected failure: {type(exc).__name__}: {exc}"),
-                         finished=time.time())
-            return
+            end = dict(state="failed", error=scrub(f"unexpected failure: {type(exc).__name__}: {exc}"))
         finally:
             package.removeHandler(warnings)
-            store.update(job_id, warnings=[scrub(message) for message in warnings.messages])
-        store.update(job_id, state="done", progress=1.0, eta_s=0.0, finished=time.time(), has_preview=True)
-        log.info("job %s done", job_id)
+        store.update(job_id, warnings=[scrub(message) for message in warnings.messages], finished=time.time(), **end)
 
     @staticmethod
     def _write_preview(folder: Path, maps) -> None:
