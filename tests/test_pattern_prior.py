@@ -149,6 +149,17 @@ def test_classifier_does_not_call_blotches_a_pattern(blotch_px):
     assert np.mean([c in ("checkerboard", "stripes") for c in classes]) <= 0.25, classes
 
 
+def test_min_snr_weighting_keeps_noisy_steps_and_damps_clean_ones():
+    """train_pattern_prior --min-snr: weight 1 where SNR <= gamma (the noisy steps that decide the
+    layout), gamma / SNR above it; gamma 0 is the plain objective."""
+    sys.path.insert(0, str(TOOLS))
+    from train_pattern_prior import snr_weight
+
+    alpha_bar = torch.tensor([0.01, 0.5, 5 / 6, 0.99])  # SNR 0.0101, 1, 5, 99
+    assert torch.allclose(snr_weight(alpha_bar, 5.0), torch.tensor([1.0, 1.0, 1.0, 5 / 99]))
+    assert torch.equal(snr_weight(alpha_bar, 0.0), torch.ones(4))
+
+
 def test_autoencoder_reconstructs_patterns(pipe, held_out_renders):
     images, labels = held_out_renders
     with torch.no_grad():

@@ -539,6 +539,17 @@ def encode_pool(vae, args, g, log):
     return means, stds, labels, scaling
 
 
+def snr_weight(alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(B,) loss weights of the epsilon objective: min(SNR, gamma) / SNR ("Min-SNR", Hang et al.
+    2023), which takes weight off the nearly clean timesteps, where the epsilon loss is large and
+    says little, and leaves the noisy ones that decide an image's layout (stripes or blotches) at
+    1; gamma <= 0: all 1 (the plain objective)."""
+    if gamma <= 0:
+        return torch.ones_like(alpha_bar)
+    snr = alpha_bar / (1 - alpha_bar)
+    return snr.clamp(max=gamma) / snr
+
+
 def train_unet(parts, pool, tokens, args, g, log, seconds: float, save) -> dict:
     _, text_encoder, unet, scheduler = parts
     means, stds, labels, scaling = pool
@@ -573,7 +584,8 @@ def train_unet(parts, pool, tokens, args, g, log, seconds: float, save) -> dict:
         noise = torch.randn(z0.shape, generator=g)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        loss = F.mse_loss(unet(zt, t, cond).sample, noise)
+        per_sample = (unet(zt, t, cond).sample - noise).pow(2).mean((1, 2, 3))
+        loss = (per_sample * snr_weight(a.flatten(), args.min_snr)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -616,7 +628,7 @@ def resume(args, log) -> None:
     save()
     report_path = args.out / "train_report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    report.setdefault("resumed", []).append(dict(args=vars(args) | {"out": str(args.out)}, **info,
+    report.setdefault("resumed", []).append(dict(args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, **info,
                                                  seconds=time.time() - t_start))
     report_path.write_text(json.dumps(report, indent=1) + "\n")
     log(f"resumed for {(time.time() - t_start) / 60:.1f} min, saved {args.out}")
@@ -646,6 +658,10 @@ def main(argv=None):
     parser.add_argument("--unet-lr", type=float, default=1e-3)
     parser.add_argument("--uncond-prob", type=float, default=0.12)
     parser.add_argument("--ema", type=float, default=0.998)
+    parser.add_argument("--min-snr", type=float, default=0.0, metavar="GAMMA",
+                        help="weight the UNet's loss by min(SNR, GAMMA) / SNR (e.g. 5); 0: unweighted (the shipped folder's)")
+    parser.add_argument("--vae-from", type=Path, metavar="FOLDER",
+                        help="take the autoencoder of a trained FOLDER and spend all of --minutes on a new UNet")
     parser.add_argument("--pattern-weights", type=float, nargs=len(PATTERNS), metavar="W",
                         help=f"relative shares of the patterns {', '.join(PATTERNS)} (default: equal)")
     parser.add_argument("--stripe-kinds", type=float, nargs=2, metavar=("HORIZONTAL", "VERTICAL"), default=DataMix().stripe_kinds,
@@ -695,8 +711,14 @@ def main(argv=None):
     log(f"params {sizes}")
     t_start = time.time()
     budget = args.minutes * 60
-    info = dict(args=vars(args) | {"out": str(args.out)}, **sizes)
-    info.update(train_vae(vae, args, g, log, budget * args.vae_share))
+    info = dict(args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, **sizes)
+    if args.vae_from:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.vae_from / "vae").eval()
+        info["vae_from"] = str(args.vae_from)
+    else:
+        info.update(train_vae(vae, args, g, log, budget * args.vae_share))
     pool = encode_pool(vae, args, g, log)
     vae.register_to_config(scaling_factor=round(pool[-1], 5))
     info["scaling_factor"] = vae.config.scaling_factor
