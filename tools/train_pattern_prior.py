@@ -93,7 +93,8 @@ class DataMix:
     (squares laid on the shape: the cube's faces, the sphere's longitude and latitude, the
     cylinder's angle and height and its caps).
     `material_weights`: the shares of unlabelled (any roughness and metallic),
-    matte, glossy and metal renders."""
+    matte, glossy and metal renders. `stripe_period`: the range of the stripes' period in object
+    units (0.3-0.75: about 9-30 px with the framing)."""
 
     pattern_weights: tuple[float, ...] | None = None
     stripe_kinds: tuple[float, float] = (0.4, 0.2)
@@ -101,6 +102,7 @@ class DataMix:
     checker_cell: tuple[float, float] = (0.25, 0.42)
     checker_kind: str = "solid"
     material_weights: tuple[float, float, float, float] = (0.25, 0.3, 0.25, 0.2)
+    stripe_period: tuple[float, float] = (0.3, 0.75)
 
 
 MATERIALS = ("matte", "glossy", "metal")  # index -1: unlabelled (any roughness / metallic)
@@ -261,13 +263,13 @@ def _pattern_mask(pattern: torch.Tensor, p: torch.Tensor, g: torch.Generator, mi
     col = lambda t: t.view(n, 1, 1)
     q = torch.einsum("nhwi,nij->nhwj", p, _rotation(n, g))
     # stripes: horizontal bands, vertical or any angle (mix.stripe_kinds; by default 40%, 20%,
-    # 40%); period 0.3-0.75 (about 9-30 px with the framing)
+    # 40%); period mix.stripe_period
     horizontal, vertical = mix.stripe_kinds
     kind = torch.rand(n, generator=g)
     k = torch.where((kind < horizontal)[:, None], torch.tensor([0.0, 1.0, 0.0]),
                     torch.where((kind < horizontal + vertical)[:, None], F.normalize(torch.randn(n, 3, generator=g) * torch.tensor([1.0, 0.0, 1.0]), dim=-1),
                                 F.normalize(torch.randn(n, 3, generator=g), dim=-1)))
-    period = col(uniform(n, 0.3, 0.75, g))
+    period = col(uniform(n, *mix.stripe_period, g))
     s = torch.sin(2 * math.pi * (p * k[:, None, None]).sum(-1) / period + col(uniform(n, 0, 2 * math.pi, g)))
     stripes = (0.5 + 4.0 * (s + col(uniform(n, -0.2, 0.2, g)))).clamp(0, 1)
 
@@ -635,8 +637,10 @@ def resume(args, log) -> None:
 
 
 def data_mix(args: argparse.Namespace) -> DataMix:
-    return DataMix(tuple(args.pattern_weights) if args.pattern_weights else None, tuple(args.stripe_kinds),
-                   tuple(args.dot_spacing), tuple(args.checker_cell), args.checker_kind, tuple(args.material_weights))
+    return DataMix(pattern_weights=tuple(args.pattern_weights) if args.pattern_weights else None,
+                   stripe_kinds=tuple(args.stripe_kinds), dot_spacing=tuple(args.dot_spacing),
+                   checker_cell=tuple(args.checker_cell), checker_kind=args.checker_kind,
+                   material_weights=tuple(args.material_weights), stripe_period=tuple(args.stripe_period))
 
 
 def unet_dtype(args: argparse.Namespace) -> torch.dtype:
@@ -666,6 +670,8 @@ def main(argv=None):
                         help=f"relative shares of the patterns {', '.join(PATTERNS)} (default: equal)")
     parser.add_argument("--stripe-kinds", type=float, nargs=2, metavar=("HORIZONTAL", "VERTICAL"), default=DataMix().stripe_kinds,
                         help="shares of horizontal and vertical stripes; the rest at any angle (default 0.4 0.2)")
+    parser.add_argument("--stripe-period", type=float, nargs=2, metavar=("MIN", "MAX"), default=DataMix().stripe_period,
+                        help="range of the stripes' period in object units (default 0.3 0.75)")
     parser.add_argument("--dot-spacing", type=float, nargs=2, metavar=("MIN", "MAX"), default=DataMix().dot_spacing,
                         help="range of the dot lattice's spacing in object units (default 0.38 0.55)")
     parser.add_argument("--checker-cell", type=float, nargs=2, metavar=("MIN", "MAX"), default=DataMix().checker_cell,
