@@ -630,10 +630,15 @@ def resume(args, log) -> None:
     save()
     report_path = args.out / "train_report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    report.setdefault("resumed", []).append(dict(args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, **info,
+    report.setdefault("resumed", []).append(dict(args=args_record(args), **info,
                                                  seconds=time.time() - t_start))
     report_path.write_text(json.dumps(report, indent=1) + "\n")
     log(f"resumed for {(time.time() - t_start) / 60:.1f} min, saved {args.out}")
+
+
+def args_record(args: argparse.Namespace) -> dict:
+    """The command's options for train_report.json (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
 
 def data_mix(args: argparse.Namespace) -> DataMix:
@@ -717,11 +722,14 @@ def main(argv=None):
     log(f"params {sizes}")
     t_start = time.time()
     budget = args.minutes * 60
-    info = dict(args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, **sizes)
+    info = dict(args=args_record(args), **sizes)
     if args.vae_from:
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(args.vae_from / "vae").eval()
+        if vae.config.latent_channels != args.latent_channels:
+            raise SystemExit(f"error: --vae-from {args.vae_from}: its latent has {vae.config.latent_channels} "
+                             f"channels, --latent-channels is {args.latent_channels}")
         info["vae_from"] = str(args.vae_from)
     else:
         info.update(train_vae(vae, args, g, log, budget * args.vae_share))
