@@ -6,6 +6,7 @@ how much the pattern word lowers the UNet's denoising loss (`pattern_word_gain`)
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -107,6 +108,17 @@ def classifier_confusion(n: int = 600, seed: int = 7, mix: DataMix = DataMix()) 
     return out
 
 
+def caption_with(colours: list[str], adjective: str, noun: str) -> str:
+    """"a red and white striped ball", "an orange and black dotted cube" (the training captions' article)."""
+    article = "an" if colours[0][0] in "aeiou" else "a"
+    return f"{article} {colours[0]} and {colours[1]} {adjective} {noun}"
+
+
+def format_gains(gains: dict[str, float]) -> str:
+    """One line of `pattern_word_gain`'s figures for one pattern."""
+    return "  ".join(f"{k} {v:+.4f}" for k, v in gains.items())
+
+
 @torch.no_grad()
 def pattern_word_gain(pipe, n: int = 96, seed: int = 5, timesteps: tuple[int, ...] = (900, 700, 500, 300, 100),
                       repeats: int = 4, mix: DataMix = DataMix()) -> dict[str, dict[str, float]]:
@@ -121,13 +133,12 @@ def pattern_word_gain(pipe, n: int = 96, seed: int = 5, timesteps: tuple[int, ..
     out: dict[str, dict[str, float]] = {}
     for pattern in words:
         weights = tuple(1.0 if p == pattern else 0.0 for p in PATTERNS)
-        x, labels = draw_scenes(n, g, named_fraction=1.0, mix=DataMix(**{**mix.__dict__, "pattern_weights": weights}))
+        x, labels = draw_scenes(n, g, named_fraction=1.0, mix=dataclasses.replace(mix, pattern_weights=weights))
         keep = [i for i, label in enumerate(labels) if len(label["colours"]) == 2]
         z0 = pipe.vae.encode(x[keep] * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
         cond = {}
         for p, adj in words.items():
-            captions = [f"a {labels[i]['colours'][0]} and {labels[i]['colours'][1]} {adj} "
-                        f"{OBJECT_WORDS[labels[i]['shape']][0]}" for i in keep]
+            captions = [caption_with(labels[i]["colours"], adj, OBJECT_WORDS[labels[i]["shape"]][0]) for i in keep]
             ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                                  return_tensors="pt").input_ids
             cond[p] = pipe.text_encoder(ids)[0]
@@ -175,7 +186,7 @@ def evaluate(folder: Path, log, seed: int = 0, n: int = 12, mix: DataMix = DataM
         log(f"vae {pattern:12s} mse {r['mse']:.4f}  psnr {r['psnr_db']:.1f} dB  same class {r['same_class_after_reconstruction']:.2f}")
     report["pattern_word_gain"] = pattern_word_gain(pipe, mix=mix)
     for pattern, gains in report["pattern_word_gain"].items():
-        log(f"pattern word gain {pattern:12s} " + "  ".join(f"{k} {v:+.4f}" for k, v in gains.items()))
+        log(f"pattern word gain {pattern:12s} {format_gains(gains)}")
     baseline = random_baseline(pipe)
     for name, model in (("samples", pipe), ("random_weights_samples", baseline)):
         result = {}
@@ -223,7 +234,7 @@ if __name__ == "__main__":
         if args.folder is None:
             parser.error("--word-gain needs FOLDER")
         for pattern, gains in pattern_word_gain(load_ddim_pipeline(args.folder)).items():
-            print(f"{pattern:12s} " + "  ".join(f"{k} {v:+.4f}" for k, v in gains.items()))
+            print(f"{pattern:12s} {format_gains(gains)}")
     if args.confusion:
         for pattern, shares in classifier_confusion().items():
             print(f"{pattern:12s} {shares}")
